@@ -1,0 +1,86 @@
+"""Built-in applier ``zero``: sets pruned entries to zero, unstructured or N:M
+(``pattern = "2:4"``), or zeroes whole components for structured groups."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import attrs
+import torch
+
+from secateurs.errors import SecateursError
+from secateurs.hookspecs import hookimpl
+from secateurs.masks import build_mask, matrix_topk, parse_nm
+from secateurs.protocols import BlockContext
+from secateurs.structured import zero_components
+from secateurs.types import Allocation, Block
+
+UNSTRUCTURED = "unstructured"
+
+
+def _check_pattern(pattern: str | None) -> None:
+    if pattern is not None:
+        parse_nm(pattern)
+
+
+@attrs.frozen
+class ZeroApplier:
+    """Zero the lowest-scored entries: per the allocation in the scorer's comparison group,
+    or N of every M consecutive entries of each row when ``pattern`` is set."""
+
+    pattern: str | None = attrs.field(default=None, validator=lambda _i, _a, v: _check_pattern(v))
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    @property
+    def row_ratios(self) -> bool:
+        return self.pattern is None
+
+    def check(self, blocks: Sequence[Block]) -> None:
+        """Fail before any work if the N:M pattern does not divide a unit's rows."""
+        if self.pattern is None:
+            return
+        _, m = parse_nm(self.pattern)
+        for block in blocks:
+            for unit in block.units:
+                if unit.row_width % m:
+                    raise SecateursError(
+                        f"N:M pattern {self.pattern} does not divide the rows of {unit.name} "
+                        f"(width {unit.row_width}); choose an M that divides it"
+                    )
+
+    def apply(
+        self, block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
+    ) -> dict[str, torch.Tensor]:
+        if ctx.granularity != UNSTRUCTURED:
+            return zero_groups(block, scores, allocation, ctx.granularity)
+        masks = {}
+        for unit in block.units:
+            if unit.name not in scores:
+                continue
+            mask = build_mask(scores[unit.name], allocation[unit.name], ctx.comparison, self.pattern)
+            unit.weight.data.mul_(mask.to(unit.weight.device, unit.weight.dtype))
+            masks[unit.name] = mask
+        return masks
+
+
+def group_masks(block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, kind: str) -> dict[str, torch.Tensor]:
+    """Per-component keep masks of the ``kind`` groups of ``block``."""
+    return {
+        g.name: matrix_topk(scores[g.name], allocation[g.name].sparsity)
+        for g in block.groups
+        if g.kind == kind
+    }
+
+
+def zero_groups(block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, kind: str) -> dict[str, torch.Tensor]:
+    masks = group_masks(block, scores, allocation, kind)
+    for group in block.groups:
+        if group.name in masks:
+            zero_components(group, masks[group.name])
+    return masks
+
+
+@hookimpl
+def secateurs_register_appliers(register) -> None:
+    register("zero", ZeroApplier)

@@ -1,0 +1,70 @@
+"""Built-in scorers: ``magnitude``, ``random`` (seeded) and ``wanda``."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+import torch
+
+from secateurs.hookspecs import hookimpl
+from secateurs.protocols import STAT_SQ_NORM, ScoreContext
+from secateurs.structured import component_view
+from secateurs.types import Group, Unit
+
+_COMPARISONS = attrs.validators.in_(("row", "matrix"))
+
+
+@attrs.frozen
+class MagnitudeScorer:
+    """``|W|``. ``comparison="matrix"`` is classic layer-wise magnitude pruning; ``"row"``
+    compares within each output row. Groups score by the L2 norm of each component."""
+
+    comparison: str = attrs.field(default="matrix", validator=_COMPARISONS)
+    requires: ClassVar[frozenset[str]] = frozenset()
+    selects: ClassVar[bool] = False
+
+    def score(self, unit: Unit, ctx: ScoreContext) -> torch.Tensor:
+        return unit.weight.detach().abs().float()
+
+    def score_group(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
+        return torch.stack([component_view(group, s).float().pow(2).sum(1) for s in group.slices]).sum(0).sqrt()
+
+
+@attrs.frozen
+class RandomScorer:
+    """Uniform random scores from the run's seeded generator: the sanity baseline."""
+
+    comparison: str = attrs.field(default="row", validator=_COMPARISONS)
+    requires: ClassVar[frozenset[str]] = frozenset()
+    selects: ClassVar[bool] = False
+
+    def score(self, unit: Unit, ctx: ScoreContext) -> torch.Tensor:
+        w = unit.weight
+        return torch.rand(w.shape, generator=ctx.generator, device=ctx.generator.device).to(w.device)
+
+    def score_group(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
+        return torch.rand(group.size, generator=ctx.generator, device=ctx.generator.device)
+
+
+@attrs.frozen
+class WandaScorer:
+    """Wanda: ``|W_ij| * sqrt(scaler_row[j])`` with ``scaler_row`` the mean over calibration
+    samples of the squared input norm of feature ``j``; compared per output row."""
+
+    comparison: str = attrs.field(default="row", validator=_COMPARISONS)
+    requires: ClassVar[frozenset[str]] = frozenset({STAT_SQ_NORM})
+    selects: ClassVar[bool] = False
+
+    def score(self, unit: Unit, ctx: ScoreContext) -> torch.Tensor:
+        w = unit.weight.detach().float()
+        scale = ctx.stats.sq_norm.to(w.device).sqrt()
+        shape = [1, -1] + [1] * (w.dim() - 2)  # input features on dim 1 (Linear and Conv)
+        return w.abs() * scale.view(shape)
+
+
+@hookimpl
+def secateurs_register_scorers(register) -> None:
+    register("magnitude", MagnitudeScorer)
+    register("random", RandomScorer)
+    register("wanda", WandaScorer)

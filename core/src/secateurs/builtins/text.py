@@ -1,0 +1,117 @@
+"""Built-in text calibration source ``text`` and evaluator ``perplexity``.
+
+Both take a corpus name (``secateurs.corpora``: shakespeare, nyt, with ``-train`` /
+``-test`` splits) or a path to a text file, and need a model loaded with its tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from secateurs.corpora import corpus_text
+from secateurs.errors import SecateursError
+from secateurs.hookspecs import hookimpl
+from secateurs.protocols import LoadedModel
+
+_CHARS_PER_TOKEN_GUESS = 3
+
+
+def _positive(_inst, attribute, value) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+def _tokenizer(loaded: LoadedModel):
+    if loaded.tokenizer is None:
+        raise SecateursError(f"{loaded.source} was loaded without a tokenizer; text data needs one")
+    return loaded.tokenizer
+
+
+def _encode(tokenizer, text: str) -> torch.Tensor:
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
+@attrs.frozen
+class TextCalibration:
+    """``nsamples`` windows of ``seqlen`` tokens at seeded random places of a corpus,
+    batched ``batch_size`` at a time: a list of ``{"input_ids": LongTensor[b, seqlen]}``."""
+
+    corpus: str = "shakespeare-train"
+    nsamples: int = attrs.field(default=128, validator=_positive)
+    seqlen: int = attrs.field(default=2048, validator=_positive)
+    seed: int = 0
+    batch_size: int = attrs.field(default=1, validator=_positive)
+
+    def batches(self, loaded: LoadedModel) -> list[Any]:
+        tokenizer = _tokenizer(loaded)
+        text = corpus_text(self.corpus)
+        rng = random.Random(self.seed)
+        span = self.seqlen * _CHARS_PER_TOKEN_GUESS * 2
+        samples = []
+        while len(samples) < self.nsamples:
+            if len(text) <= span:
+                raise SecateursError(
+                    f"corpus {self.corpus!r} is too short for {self.seqlen}-token samples; "
+                    "use a longer text or a smaller seqlen"
+                )
+            start = rng.randrange(0, len(text) - span)
+            ids = _encode(tokenizer, text[start : start + span])
+            if ids.numel() >= self.seqlen:
+                samples.append(ids[: self.seqlen])
+            else:
+                span *= 2
+        stacked = torch.stack(samples)
+        return [{"input_ids": chunk} for chunk in stacked.split(self.batch_size)]
+
+
+@attrs.frozen
+class Perplexity:
+    """Perplexity over non-overlapping ``seqlen``-token windows of a corpus (the first
+    ``max_windows`` of them when set): ``exp(total NLL / predicted tokens)``."""
+
+    corpus: str = "shakespeare-test"
+    seqlen: int = attrs.field(default=2048, validator=_positive)
+    max_windows: int | None = attrs.field(default=None, validator=_positive)
+    progress: bool = True
+
+    def windows(self, loaded: LoadedModel) -> torch.Tensor:
+        text = corpus_text(self.corpus)
+        if self.max_windows is not None:  # tokenize only what is needed
+            text = text[: self.max_windows * self.seqlen * _CHARS_PER_TOKEN_GUESS * 3]
+        ids = _encode(_tokenizer(loaded), text)
+        n = ids.numel() // self.seqlen
+        if self.max_windows is not None:
+            n = min(n, self.max_windows)
+        if n == 0:
+            raise SecateursError(f"corpus {self.corpus!r} has fewer than {self.seqlen} tokens")
+        return ids[: n * self.seqlen].view(n, self.seqlen)
+
+    def evaluate(self, loaded: LoadedModel) -> dict[str, float]:
+        model = loaded.model
+        device = next(model.parameters()).device
+        windows = self.windows(loaded)
+        nll, count = 0.0, 0
+        with torch.no_grad():
+            for window in tqdm(windows, desc="perplexity", unit="window", disable=not self.progress):
+                logits = loaded.adapter.forward(model, {"input_ids": window[None].to(device)}).logits
+                loss = F.cross_entropy(logits[0, :-1].float(), window[1:].to(device), reduction="sum")
+                nll += float(loss)
+                count += window.numel() - 1
+        return {"perplexity": math.exp(nll / count), "tokens": float(count), "windows": float(len(windows))}
+
+
+@hookimpl
+def secateurs_register_calibration_sources(register) -> None:
+    register("text", TextCalibration)
+
+
+@hookimpl
+def secateurs_register_evaluators(register) -> None:
+    register("perplexity", Perplexity)

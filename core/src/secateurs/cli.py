@@ -1,0 +1,130 @@
+"""The ``secateurs`` command line: prune, eval, plugins, and the commands plugins add."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from typing import Any
+
+import click
+
+from secateurs.errors import SecateursError
+from secateurs.plugins import KINDS, get_manager
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SecateursError(f"--set takes KEY=VALUE (e.g. scorer.comparison=row), got {pair!r}")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+@click.group()
+@click.version_option(package_name="secateurs")
+def cli() -> None:
+    """secateurs: prune PyTorch models with pluggable scorers, allocators and appliers."""
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--model", help="Override the recipe's model (path or packaged name).")
+@click.option("--output", "-o", help="Override the recipe's output directory.")
+@click.option("--sparsity", type=float, help="Override the target sparsity.")
+@click.option("--device", help="Device to prune on (cpu, cuda, cuda:1...).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key (dotted).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> None:
+    """Prune a model as RECIPE (a TOML file) says."""
+    from secateurs.recipe import load_recipe
+    from secateurs.run import prune as run_prune
+
+    overrides = _overrides(sets)
+    for key, value in (("model", model), ("output", output), ("sparsity", sparsity), ("device", device)):
+        if value is not None:
+            overrides[key] = value
+    loaded_recipe = load_recipe(recipe).with_overrides(overrides)
+    outcome = run_prune(loaded_recipe, overwrite=overwrite, progress=not quiet)
+    result = outcome.result
+    click.echo(
+        f"pruned {len(result.units)} units to {result.sparsity:.2%} sparsity "
+        f"({result.params_kept:,} of {result.params_total:,} parameters kept) "
+        f"in {result.timings['total']:.1f} s"
+    )
+    if outcome.before is not None:
+        for metric, value in outcome.after.items():
+            click.echo(f"{metric}: {outcome.before[metric]:.4g} before, {value:.4g} after")
+    if outcome.output is not None:
+        click.echo(f"saved to {outcome.output}")
+
+
+@cli.command("eval")
+@click.argument("model")
+@click.option("--evaluator", default="perplexity", show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Evaluator parameter (corpus=nyt-test).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_(model, evaluator, sets, device, as_json) -> None:
+    """Measure MODEL (a path or packaged name) with an evaluator (default: perplexity)."""
+    from secateurs.run import evaluate
+
+    metrics = evaluate(model, evaluator, device=device, **_overrides(sets))
+    if as_json:
+        click.echo(json.dumps(metrics))
+    else:
+        for name, value in metrics.items():
+            click.echo(f"{name}: {value:.6g}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json) -> None:
+    """List every plugin, its distribution and version, and what it registered."""
+    manager = get_manager()
+    rows = [
+        {
+            "name": p.name,
+            "distribution": p.distribution,
+            "version": p.version,
+            "registered": manager.registered.get(p.name, {}),
+        }
+        for p in manager.plugins
+    ]
+    failures = [{"plugin": f.plugin.name, "distribution": f.plugin.distribution, "error": f.error} for f in manager.failures]
+    if as_json:
+        click.echo(json.dumps({"plugins": rows, "failures": failures}, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']}  ({row['distribution']} {row['version']})")
+        for kind in KINDS:
+            names = row["registered"].get(kind)
+            if names:
+                click.echo(f"    {kind + 's:':<14}{', '.join(names)}")
+    for failure in failures:
+        click.echo(f"FAILED {failure['plugin']} ({failure['distribution']}): {failure['error']}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one clear line and exit with status 2."""
+    get_manager().add_commands(cli)
+    try:
+        cli.main(args=argv, prog_name="secateurs", standalone_mode=False)
+    except SecateursError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

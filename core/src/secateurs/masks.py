@@ -1,0 +1,98 @@
+"""Exact keep-masks from scores: per row, per matrix, per-row ratios, and N:M patterns.
+
+Every function is vectorized over rows and works on any device. A mask is a bool tensor
+of the scores' shape, ``True`` = keep. Exactness: a group of ``n`` entries with sparsity
+``s`` prunes exactly ``floor(n * s)`` entries (a tiny tolerance absorbs float error, so
+``0.3 * 10`` prunes 3). Ties are broken by position (stable sort), deterministically.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from secateurs.errors import SecateursError
+from secateurs.types import UnitAllocation
+
+_EPS = 1e-9
+
+
+def pruned_count(n: int | torch.Tensor, sparsity: float | torch.Tensor) -> torch.Tensor:
+    """``floor(n * sparsity)`` with float error absorbed, as an int64 tensor."""
+    n_t = torch.as_tensor(n, dtype=torch.float64)
+    s_t = torch.as_tensor(sparsity, dtype=torch.float64)
+    return torch.floor(n_t * s_t + _EPS).to(torch.int64)
+
+
+def keep_counts(allocation: UnitAllocation, rows: int, width: int) -> torch.Tensor:
+    """Entries each row keeps under ``allocation`` (int64, CPU)."""
+    return width - pruned_count(width, allocation.row_sparsity(rows))
+
+
+def rows_topk(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Keep the ``keep[r]`` highest scores of every row of a ``[R, n]`` tensor."""
+    keep = keep.to(scores.device).view(-1, 1)
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    ranks_kept = torch.arange(scores.shape[1], device=scores.device).view(1, -1) < keep
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, ranks_kept)
+
+
+def matrix_topk(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep the highest ``numel - floor(numel * sparsity)`` scores of the whole tensor."""
+    flat = scores.reshape(-1)
+    keep = flat.numel() - int(pruned_count(flat.numel(), sparsity))
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if keep > 0:
+        mask[torch.topk(flat, keep, sorted=False).indices] = True
+    return mask.view_as(scores)
+
+
+def parse_nm(pattern: str) -> tuple[int, int]:
+    """``"2:4"`` → ``(2, 4)``: keep N of every M consecutive entries of a row."""
+    try:
+        n_str, m_str = pattern.split(":")
+        n, m = int(n_str), int(m_str)
+    except ValueError:
+        raise SecateursError(f"N:M pattern {pattern!r} is not of the form 'N:M' (e.g. '2:4')") from None
+    if not 0 < n < m:
+        raise SecateursError(f"N:M pattern {pattern!r} needs 0 < N < M")
+    return n, m
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` highest of every ``m`` consecutive entries of each row of ``[R, w]``."""
+    rows, width = scores.shape
+    if width % m:
+        raise SecateursError(
+            f"N:M pattern {n}:{m} does not divide rows of width {width}; "
+            f"choose an M that divides {width} or prune this layer unstructured"
+        )
+    groups = scores.reshape(rows, width // m, m)
+    top = torch.topk(groups, n, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, top, True)
+    return mask.reshape(rows, width)
+
+
+def build_mask(
+    scores: torch.Tensor,
+    allocation: UnitAllocation,
+    comparison: str,
+    pattern: str | None = None,
+) -> torch.Tensor:
+    """The keep-mask of one unit.
+
+    ``scores`` has the weight's shape (viewed as rows: first dimension = rows; 1-D = one
+    row). ``comparison`` is ``"row"`` (every row prunes its own share; per-row ratios
+    honoured) or ``"matrix"`` (one ranking over the tensor). ``pattern`` (``"N:M"``)
+    overrides both: N of every M consecutive entries of a row, whatever the sparsity.
+    """
+    rows2d = scores.reshape(1, -1) if scores.dim() == 1 else scores.reshape(scores.shape[0], -1)
+    if pattern is not None:
+        return nm_mask(rows2d, *parse_nm(pattern)).view_as(scores)
+    if comparison == "matrix":
+        if allocation.rows is not None:
+            raise SecateursError("per-row sparsity ratios need the 'row' comparison group")
+        return matrix_topk(scores, allocation.sparsity)
+    if comparison != "row":
+        raise SecateursError(f"unknown comparison group {comparison!r}; use 'row' or 'matrix'")
+    keep = keep_counts(allocation, rows2d.shape[0], rows2d.shape[1])
+    return rows_topk(rows2d, keep).view_as(scores)

@@ -1,0 +1,367 @@
+"""The one place a pruning session runs, block by block.
+
+    adapter.blocks(model) → capture block 0's inputs for every calibration batch →
+    allocator.prepare(session) → for each block: collect input statistics (hooks) →
+    score → allocate → apply → re-run the block so the next one sees pruned outputs.
+
+Memory stays at the model plus one block boundary of calibration activations (inputs and
+outputs) plus one block's working set. Data-free runs (no statistics needed) never run
+the model. Allocators that search get a ``Session`` handle to run blocks with candidate
+allocations; they never re-implement this loop.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from secateurs.errors import SecateursError
+from secateurs.protocols import (
+    NEEDS_REFERENCE,
+    STAT_HESSIAN,
+    STAT_SQ_NORM,
+    Allocator,
+    Applier,
+    BlockContext,
+    LoadedModel,
+    Scorer,
+    ScoreContext,
+)
+from secateurs.masks import keep_counts
+from secateurs.stats import collect_stats
+from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit, UnitReport
+
+UNSTRUCTURED = "unstructured"
+Inputs = list[tuple[tuple[Any, ...], dict[str, Any]]]
+"""Per calibration batch: the positional and keyword arguments one block is called with."""
+
+
+@attrs.define(eq=False)
+class PruneSpec:
+    """Everything one pruning run needs, already resolved to objects.
+
+    ``granularity``: ``"unstructured"`` (entries of units) or a group kind (``"heads"``,
+    ``"neurons"``, ``"channels"``). ``targets``: glob patterns over parameter names
+    (``"*"`` = every parameter); when given, the run is data-free over those parameters
+    instead of the adapter's block units. ``reference``: the tensor of a reference model
+    by parameter name (KEN's pre-trained model). ``calibration``: batches for the adapter's
+    ``forward``; required when the scorer or applier needs statistics.
+    """
+
+    scorer: Scorer
+    allocator: Allocator
+    applier: Applier
+    sparsity: float
+    granularity: str = UNSTRUCTURED
+    targets: Sequence[str] | None = None
+    exclude: Sequence[str] = ()
+    calibration: list[Any] | None = None
+    reference: Callable[[str], torch.Tensor] | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def needed_stats(self) -> set[str]:
+        return (set(self.scorer.requires) | set(self.applier.requires)) & {STAT_SQ_NORM, STAT_HESSIAN}
+
+
+def check_sparsity(sparsity: float) -> float:
+    if not isinstance(sparsity, int | float) or not 0.0 <= float(sparsity) < 1.0:
+        raise SecateursError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    return float(sparsity)
+
+
+def target_blocks(model: nn.Module, patterns: Sequence[str], exclude: Sequence[str] = ()) -> list[Block]:
+    """One pseudo-block holding every parameter whose name matches ``patterns`` (and none
+    of ``exclude``), for data-free runs over parameters outside the adapter's blocks."""
+    modules = dict(model.named_modules())
+    units = []
+    for name, _ in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns) and not any(
+            fnmatch.fnmatchcase(name, p) for p in exclude
+        ):
+            owner, _, param = name.rpartition(".")
+            units.append(Unit(owner, modules[owner], param, role=param))
+    if not units:
+        raise SecateursError(f"no parameter matches targets {list(patterns)} (exclude {list(exclude)})")
+    return [Block("model", 0, model, tuple(units))]
+
+
+class _Stop(Exception):
+    """Raised by the catcher once block 0's inputs are captured."""
+
+
+def capture_inputs(loaded: LoadedModel, first: Block, batches: Iterable[Any]) -> Inputs:
+    """Run the model on every batch and keep the arguments block 0 is called with."""
+    captured: Inputs = []
+
+    def catch(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        captured.append((args, kwargs))
+        raise _Stop
+
+    handle = first.module.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    loaded.adapter.forward(loaded.model, batch)
+                except _Stop:
+                    continue
+                raise SecateursError(f"the model's forward never called its first block {first.name!r}")
+    finally:
+        handle.remove()
+    return captured
+
+
+class Session:
+    """A pruning session over one model: the handle allocators get in ``prepare``.
+
+    ``blocks`` in order; ``inputs`` are block 0's captured calibration inputs (empty for
+    data-free runs). Methods run blocks; none of them changes weights unless asked to
+    (``prune_block``), and ``trial(block)`` restores a block's weights on exit.
+    """
+
+    def __init__(self, loaded: LoadedModel, spec: PruneSpec, blocks: list[Block], inputs: Inputs) -> None:
+        self.loaded, self.spec, self.blocks, self.inputs = loaded, spec, blocks, inputs
+        self.records: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self._generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+
+    # -- timing ----------------------------------------------------------------------
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
+
+    # -- what a block is pruned by -----------------------------------------------------
+    def targets(self, block: Block) -> list[Unit] | list[Group]:
+        """The units (unstructured) or groups of the run's kind in ``block``."""
+        if self.spec.granularity == UNSTRUCTURED:
+            return list(block.units)
+        return [g for g in block.groups if g.kind == self.spec.granularity]
+
+    @property
+    def data_free(self) -> bool:
+        return not self.spec.needed_stats()
+
+    # -- running blocks ----------------------------------------------------------------
+    def run(self, block: Block, inputs: Inputs, *, keep_outputs: bool = True) -> Inputs:
+        """Run ``block`` on every input; return the next block's inputs (or ``[]``)."""
+        outputs: Inputs = []
+        with torch.no_grad(), self.timed("forward"):
+            for args, kwargs in inputs:
+                out = self.loaded.adapter.block_output(block.module(*args, **kwargs))
+                if keep_outputs:
+                    outputs.append(((out, *args[1:]), kwargs))
+        return outputs
+
+    def collect(
+        self, block: Block, inputs: Inputs, units: Sequence[Unit] | None = None, *, keep_outputs: bool = False
+    ) -> tuple[dict[str, InputStats], Inputs]:
+        """Run ``block`` with statistics hooks on ``units`` (default: all the block's units)."""
+        units = list(block.units if units is None else units)
+        with collect_stats(units, hessian=STAT_HESSIAN in self.spec.needed_stats()) as col:
+            outputs = self.run(block, inputs, keep_outputs=keep_outputs)
+        return col.stats, outputs
+
+    def score(
+        self, block: Block, stats: Mapping[str, InputStats], allocation: Allocation | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Scores of every target of ``block`` (``allocation`` gives ``keep`` to selectors)."""
+        scorer = self.spec.scorer
+        scores = {}
+        with torch.no_grad(), self.timed("score"):
+            for target in self.targets(block):
+                if isinstance(target, Group):
+                    scores[target.name] = scorer.score_group(target, self._score_context(target, stats, None))
+                    continue
+                keep = None
+                if allocation is not None and scorer.selects:
+                    keep = keep_counts(allocation[target.name], target.rows, target.row_width)
+                scores[target.name] = scorer.score(target, self._score_context(target, stats, keep))
+        return scores
+
+    def _score_context(self, target: Unit | Group, stats: Mapping[str, InputStats], keep) -> ScoreContext:
+        reference = None
+        if isinstance(target, Unit) and NEEDS_REFERENCE in self.spec.scorer.requires:
+            reference = self.reference(target)
+        device = target.weight.device if isinstance(target, Unit) else "cpu"
+        gen = torch.Generator(device=device).manual_seed(self._next_seed())
+        return ScoreContext(stats=stats.get(target.name), reference=reference, keep=keep, generator=gen)
+
+    def _next_seed(self) -> int:
+        return int(torch.randint(0, 2**62, (1,), generator=self._generator))
+
+    def reference(self, unit: Unit) -> torch.Tensor:
+        """The reference model's tensor for ``unit`` (on the unit's device and dtype)."""
+        if self.spec.reference is None:
+            raise SecateursError(
+                "this scorer or applier needs a reference model (set `reference_model` in the recipe)"
+            )
+        tensor = self.spec.reference(unit.qualified_name)
+        if tensor.shape != unit.weight.shape:
+            raise SecateursError(
+                f"reference tensor {unit.qualified_name} has shape {tuple(tensor.shape)}, "
+                f"the model's has {tuple(unit.weight.shape)}"
+            )
+        return tensor.to(unit.weight.device, unit.weight.dtype)
+
+    def allocate(self, block: Block, scores: Mapping[str, torch.Tensor] | None) -> Allocation:
+        allocation = self.spec.allocator.allocate(block, scores, self.spec.sparsity)
+        missing = [t.name for t in self.targets(block) if t.name not in allocation]
+        if missing:
+            raise SecateursError(f"allocator gave no sparsity for {missing[:3]} in block {block.name!r}")
+        return allocation
+
+    def prune_block(
+        self,
+        block: Block,
+        stats: Mapping[str, InputStats],
+        inputs: Inputs,
+        allocation: Allocation | None = None,
+    ) -> tuple[dict[str, torch.Tensor], Allocation]:
+        """Score, allocate (unless ``allocation`` is given) and apply masks to ``block``."""
+        if self.spec.scorer.selects:
+            allocation = allocation or self.allocate(block, None)
+            scores = self.score(block, stats, allocation)
+        else:
+            scores = self.score(block, stats)
+            allocation = allocation or self.allocate(block, scores)
+        ctx = BlockContext(
+            block=block,
+            stats=stats,
+            comparison=self.spec.scorer.comparison,
+            generator=torch.Generator().manual_seed(self._next_seed()),
+            recollect=lambda units: self.collect(block, inputs, units)[0],
+            reference=self.reference if self.spec.reference is not None else None,
+            granularity=self.spec.granularity,
+        )
+        with torch.no_grad(), self.timed("apply"):
+            masks = self.spec.applier.apply(block, scores, allocation, ctx)
+        return masks, allocation
+
+    @contextmanager
+    def trial(self, block: Block) -> Iterator[None]:
+        """Restore ``block``'s parameters on exit (for allocators that try candidates)."""
+        saved = {name: p.detach().clone() for name, p in block.module.named_parameters()}
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in block.module.named_parameters():
+                    p.copy_(saved[name])
+
+    def dense_scores(self) -> Iterator[tuple[Block, dict[str, torch.Tensor]]]:
+        """One dense pass: each block with its scores on dense inputs; nothing is pruned."""
+        inputs = self.inputs
+        for block in self.blocks:
+            stats: dict[str, InputStats] = {}
+            if not self.data_free:
+                stats, inputs = self.collect(block, inputs, keep_outputs=block is not self.blocks[-1])
+            yield block, self.score(block, stats)
+
+
+def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None = None) -> PruneResult:
+    """Prune ``loaded.model`` in place according to ``spec``; return what was done.
+
+    The model object is modified: copy it first if you need the original.
+    """
+    check_sparsity(spec.sparsity)
+    if spec.scorer.selects and spec.allocator.needs_scores:
+        raise SecateursError(
+            "this scorer selects entries given each row's keep count, so it needs an allocator "
+            "that works without scores (e.g. 'uniform')"
+        )
+    if spec.targets is not None and spec.needed_stats():
+        raise SecateursError("`targets` selects parameters for data-free runs; this scorer needs calibration")
+    model = loaded.model
+    if blocks is None:
+        blocks = (
+            target_blocks(model, spec.targets, spec.exclude)
+            if spec.targets is not None
+            else loaded.adapter.blocks(model)
+        )
+    check = getattr(spec.applier, "check", None)
+    if check is not None:
+        check(blocks)
+    params_total = sum(p.numel() for p in model.parameters())
+    start = time.perf_counter()
+    session = Session(loaded, spec, blocks, [])
+    targets = _all_targets(session)
+    if spec.granularity != UNSTRUCTURED:
+        if not targets:
+            raise SecateursError(
+                f"the {loaded.adapter.name!r} adapter defines no {spec.granularity!r} groups for this model"
+            )
+        if not hasattr(spec.scorer, "score_group"):
+            raise SecateursError(f"this scorer cannot score structured {spec.granularity!r} groups")
+    weights = [_params_per_entry(t) for t in targets]
+    if not session.data_free:
+        if not spec.calibration:
+            raise SecateursError("this scorer or applier needs calibration data; the recipe gives none")
+        with session.timed("capture"):
+            session.inputs = capture_inputs(loaded, blocks[0], spec.calibration)
+    with session.timed("prepare"):
+        spec.allocator.prepare(session, spec.sparsity)
+
+    reports: list[UnitReport] = []
+    inputs = session.inputs
+    with torch.no_grad():
+        for block in tqdm(blocks, desc="pruning", unit="block", disable=not spec.progress):
+            stats: dict[str, InputStats] = {}
+            if not session.data_free:
+                stats, _ = session.collect(block, inputs)
+            masks, allocation = session.prune_block(block, stats, inputs)
+            reports += _reports(session.targets(block), masks, allocation)
+            if not session.data_free and block is not blocks[-1]:
+                inputs = session.run(block, inputs)
+    session.timings["total"] = time.perf_counter() - start
+    pruned = sum(w * r.pruned for w, r in zip(weights, reports, strict=True))
+    records = dict(session.records)
+    records.update(getattr(spec.allocator, "records", {}) or {})
+    return PruneResult(
+        units=reports,
+        params_total=params_total,
+        params_pruned=pruned,
+        timings=session.timings,
+        records=records,
+    )
+
+
+def _all_targets(session: Session) -> list[Unit] | list[Group]:
+    return [t for block in session.blocks for t in session.targets(block)]
+
+
+def _reports(targets: Sequence[Unit | Group], masks: Mapping[str, torch.Tensor], allocation: Allocation) -> list[UnitReport]:
+    out = []
+    for target in targets:
+        mask = masks[target.name]
+        shape = tuple(mask.shape)
+        out.append(
+            UnitReport(
+                name=target.name,
+                shape=shape,
+                numel=mask.numel(),
+                pruned=int(mask.numel() - mask.sum()),
+                target_sparsity=float(allocation[target.name].sparsity),
+            )
+        )
+    return out
+
+
+def _params_per_entry(target: Unit | Group) -> int:
+    """Parameters one pruned entry stands for: 1 for units; every coupled parameter entry
+    of one component for groups (measured before anything is removed)."""
+    if isinstance(target, Unit):
+        return 1
+    return sum(getattr(s.module, s.param).numel() for s in target.slices) // max(target.size, 1)

@@ -1,0 +1,264 @@
+"""The plugin manager: built-in plugins, entry-point plugins, and the typed registries.
+
+Third-party plugins are distributions with an entry point in the group ``secateurs``.
+``SECATEURS_LOAD_PLUGINS`` controls autoloading: unset loads every entry point; an empty
+value loads none; a comma-separated list loads only those entry-point names. A plugin
+that fails to import, whose hook raises, or that registers a name twice is recorded in
+``PluginManager.failures`` (with the plugin and its distribution named) and skipped; the
+others still load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any, Generic, TypeVar
+
+import attrs
+import pluggy
+
+from secateurs import hookspecs
+from secateurs.errors import SecateursError
+
+ENTRY_POINT_GROUP = "secateurs"
+LOAD_PLUGINS_ENV = "SECATEURS_LOAD_PLUGINS"
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "secateurs.builtins.scorers",
+    "secateurs.builtins.allocators",
+    "secateurs.builtins.appliers",
+    "secateurs.builtins.exporters",
+    "secateurs.builtins.text",
+)
+
+KINDS: dict[str, str] = {
+    "adapter": "secateurs_register_adapters",
+    "scorer": "secateurs_register_scorers",
+    "allocator": "secateurs_register_allocators",
+    "applier": "secateurs_register_appliers",
+    "exporter": "secateurs_register_exporters",
+    "calibration": "secateurs_register_calibration_sources",
+    "evaluator": "secateurs_register_evaluators",
+    "model": "secateurs_register_models",
+}
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class PluginInfo:
+    """One loaded (or failed) plugin: its name, distribution and version."""
+
+    name: str
+    distribution: str
+    version: str
+
+    def label(self) -> str:
+        return f"{self.name} ({self.distribution} {self.version})"
+
+
+@attrs.frozen
+class PluginFailure:
+    plugin: PluginInfo
+    error: str
+
+
+@attrs.frozen
+class Entry:
+    """A registered name: its factory and the plugin that registered it."""
+
+    name: str
+    factory: Callable[..., Any]
+    plugin: PluginInfo
+
+
+class Registry(Generic[T]):
+    """Named factories of one kind. ``create(name, **params)`` builds one with clear errors."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def add(self, entry: Entry) -> None:
+        if entry.name in self._entries:
+            first = self._entries[entry.name].plugin
+            raise SecateursError(
+                f"{self.kind} {entry.name!r} is registered twice: by plugin "
+                f"{first.label()} and again by plugin {entry.plugin.label()}"
+            )
+        self._entries[entry.name] = entry
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries.values())
+
+    def entry(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none"
+            raise SecateursError(
+                f"unknown {self.kind} {name!r}; installed {self.kind}s: {known}"
+            ) from None
+
+    def create(self, name: str, **params: Any) -> T:
+        entry = self.entry(name)
+        try:
+            return entry.factory(**params)
+        except TypeError as exc:
+            raise SecateursError(f"bad parameters for {self.kind} {name!r}: {exc}") from exc
+        except ValueError as exc:
+            raise SecateursError(f"{self.kind} {name!r}: {exc}") from exc
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class PluginManager:
+    """Loads plugins and fills one registry per kind; the rest of the code uses its
+    typed attributes (``scorers``, ``adapters``...), never ``pm.hook`` directly."""
+
+    def __init__(self, *, load_entry_points: bool = True) -> None:
+        self.pm = pluggy.PluginManager("secateurs")
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: list[PluginInfo] = []
+        self.failures: list[PluginFailure] = []
+        self.registered: dict[str, dict[str, list[str]]] = {}
+        for module_name in DEFAULT_PLUGINS:
+            module = importlib.import_module(module_name)
+            self._add(module_name, module, PluginInfo(module_name, "secateurs", _version("secateurs")))
+        if load_entry_points:
+            self._load_entry_points()
+        self.registries: dict[str, Registry[Any]] = {kind: Registry(kind) for kind in KINDS}
+        self._collect()
+
+    # -- loading ---------------------------------------------------------------------
+    def _add(self, name: str, module: ModuleType | object, info: PluginInfo) -> None:
+        self.pm.register(module, name=name)
+        self.plugins.append(info)
+
+    def _load_entry_points(self) -> None:
+        selected = os.environ.get(LOAD_PLUGINS_ENV)
+        wanted = None if selected is None else {s.strip() for s in selected.split(",") if s.strip()}
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if wanted is not None and ep.name not in wanted:
+                continue
+            dist, version = (ep.dist.name, ep.dist.version) if ep.dist else ("unknown", "unknown")
+            info = PluginInfo(ep.name, dist, version)
+            if self.pm.has_plugin(ep.name):
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin must not break the others
+                self.failures.append(PluginFailure(info, f"import failed: {exc!r}"))
+                continue
+            self._add(ep.name, module, info)
+
+    def register(self, plugin: object, name: str, distribution: str = "(runtime)") -> None:
+        """Register a plugin object at run time (tests, notebooks) and refresh registries."""
+        self._add(name, plugin, PluginInfo(name, distribution, "-"))
+        self._collect()
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.plugins = [p for p in self.plugins if p.name != name]
+        self._collect()
+
+    def _collect(self) -> None:
+        self.registries = {kind: Registry(kind) for kind in KINDS}
+        self.registered = {}
+        self.failures = [f for f in self.failures if f.error.startswith("import failed")]
+        infos = {p.name: p for p in self.plugins}
+        broken: set[str] = set()
+        for kind, hook_name in KINDS.items():
+            caller = getattr(self.pm.hook, hook_name)
+            for impl in reversed(caller.get_hookimpls()):  # registration order
+                info = infos[impl.plugin_name]
+                if info.name in broken:
+                    continue
+                entries: list[Entry] = []
+
+                def register(name: str, factory: Callable[..., Any], _e=entries, _i=info) -> None:
+                    _e.append(Entry(name, factory, _i))
+
+                try:
+                    impl.function(register=register)
+                    for entry in entries:
+                        self.registries[kind].add(entry)
+                except Exception as exc:
+                    self.failures.append(PluginFailure(info, f"{hook_name} failed: {exc}"))
+                    broken.add(info.name)
+                    continue
+                names = self.registered.setdefault(info.name, {}).setdefault(kind, [])
+                names.extend(e.name for e in entries)
+
+    def add_commands(self, cli: Any) -> None:
+        """Let plugins add CLI sub-commands; a failing plugin is recorded, not fatal."""
+        for impl in self.pm.hook.secateurs_register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:
+                info = next(p for p in self.plugins if p.name == impl.plugin_name)
+                self.failures.append(PluginFailure(info, f"secateurs_register_commands failed: {exc}"))
+
+    # -- typed access ----------------------------------------------------------------
+    @property
+    def adapters(self) -> Registry[Any]:
+        return self.registries["adapter"]
+
+    @property
+    def scorers(self) -> Registry[Any]:
+        return self.registries["scorer"]
+
+    @property
+    def allocators(self) -> Registry[Any]:
+        return self.registries["allocator"]
+
+    @property
+    def appliers(self) -> Registry[Any]:
+        return self.registries["applier"]
+
+    @property
+    def exporters(self) -> Registry[Any]:
+        return self.registries["exporter"]
+
+    @property
+    def calibration_sources(self) -> Registry[Any]:
+        return self.registries["calibration"]
+
+    @property
+    def evaluators(self) -> Registry[Any]:
+        return self.registries["evaluator"]
+
+    @property
+    def models(self) -> Registry[Any]:
+        return self.registries["model"]
+
+
+_manager: PluginManager | None = None
+
+
+def get_manager() -> PluginManager:
+    """The process-wide plugin manager, created on first use."""
+    global _manager
+    if _manager is None:
+        _manager = PluginManager()
+    return _manager
+
+
+def reset_manager() -> None:
+    """Forget the process-wide manager (tests; after installing a plugin at run time)."""
+    global _manager
+    _manager = None

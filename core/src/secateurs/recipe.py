@@ -1,0 +1,176 @@
+"""TOML recipes validated into attrs objects, with errors that name the bad key.
+
+A recipe::
+
+    model = "smollm2-135m"          # a path, or a packaged model name
+    output = "out/smollm2-wanda-50"
+    sparsity = 0.5
+
+    [calibration]                   # omit for data-free scorers
+    name = "text"
+    corpus = "shakespeare-train"
+    nsamples = 128
+    seqlen = 2048
+
+    [scorer]
+    name = "wanda"                  # every other key is a parameter of the part
+
+    [allocator]
+    name = "uniform"
+
+    [applier]
+    name = "zero"
+
+    [evaluate]                      # optional: measured before and after pruning
+    name = "perplexity"
+    corpus = "shakespeare-test"
+
+Parts may also be given as a bare name (``scorer = "wanda"``); ``exporters`` is a list of
+names or tables (default ``["safetensors", "report"]``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from secateurs.errors import SecateursError
+from secateurs.pipeline import UNSTRUCTURED, check_sparsity
+
+
+@attrs.frozen
+class Part:
+    """One named plugin part and its parameters."""
+
+    name: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+
+def _part(key: str, value: Any) -> Part:
+    if isinstance(value, Part):
+        return value
+    if isinstance(value, str):
+        return Part(value)
+    if isinstance(value, Mapping):
+        if "name" not in value or not isinstance(value["name"], str):
+            raise SecateursError(f"recipe key {key!r} needs a string `name` (e.g. name = \"wanda\")")
+        return Part(value["name"], {k: v for k, v in value.items() if k != "name"})
+    raise SecateursError(f"recipe key {key!r} must be a name or a table, got {type(value).__name__}")
+
+
+def _opt_part(key: str, value: Any) -> Part | None:
+    return None if value is None else _part(key, value)
+
+
+def _exporters(value: Any) -> tuple[Part, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise SecateursError("recipe key 'exporters' must be a non-empty list of names or tables")
+    return tuple(_part("exporters", v) for v in value)
+
+
+def _patterns(key: str):
+    def convert(value: Any) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise SecateursError(f"recipe key {key!r} must be a glob pattern or a list of them")
+
+    return convert
+
+
+def _sparsity(_inst, _attr, value: Any) -> None:
+    try:
+        check_sparsity(value)
+    except SecateursError as exc:
+        raise SecateursError(f"recipe key 'sparsity': {exc}") from None
+
+
+@attrs.frozen
+class Recipe:
+    """A validated pruning run. ``Recipe.from_dict`` / ``load_recipe`` build one."""
+
+    model: str
+    scorer: Part = attrs.field(converter=lambda v: _part("scorer", v))
+    sparsity: float = attrs.field(validator=_sparsity)
+    output: str | None = None
+    allocator: Part = attrs.field(default=Part("uniform"), converter=lambda v: _part("allocator", v))
+    applier: Part = attrs.field(default=Part("zero"), converter=lambda v: _part("applier", v))
+    exporters: tuple[Part, ...] = attrs.field(
+        default=(Part("safetensors"), Part("report")), converter=_exporters
+    )
+    calibration: Part | None = attrs.field(default=None, converter=lambda v: _opt_part("calibration", v))
+    evaluate: Part | None = attrs.field(default=None, converter=lambda v: _opt_part("evaluate", v))
+    granularity: str = UNSTRUCTURED
+    targets: tuple[str, ...] | None = attrs.field(default=None, converter=_patterns("targets"))
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=lambda v: _patterns("exclude")(v) or ())
+    reference_model: str | None = None
+    adapter: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        known = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SecateursError(
+                f"unknown recipe key {unknown[0]!r}; known keys: {', '.join(sorted(known))}"
+            )
+        missing = [k for k in ("model", "scorer", "sparsity") if k not in data]
+        if missing:
+            raise SecateursError(f"recipe is missing required key {missing[0]!r}")
+        for key in ("model", "output", "reference_model", "adapter", "device", "dtype", "granularity"):
+            if key in data and data[key] is not None and not isinstance(data[key], str):
+                raise SecateursError(f"recipe key {key!r} must be a string, got {data[key]!r}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for field in attrs.fields(type(self)):
+            value = getattr(self, field.name)
+            if isinstance(value, Part):
+                value = value.to_dict()
+            elif isinstance(value, tuple) and value and isinstance(value[0], Part):
+                value = [p.to_dict() for p in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[field.name] = value
+        return out
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Recipe:
+        """A copy with dotted keys replaced (``{"sparsity": 0.6, "scorer.comparison": "row"}``)."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            head, _, tail = key.partition(".")
+            if head not in data:
+                raise SecateursError(f"unknown recipe key {head!r} in override {key!r}")
+            if tail:
+                if not isinstance(data[head], dict):
+                    raise SecateursError(f"override {key!r}: {head!r} is not a table")
+                data[head] = {**data[head], tail: value}
+            else:
+                data[head] = value
+        return Recipe.from_dict({k: v for k, v in data.items() if v is not None})
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a TOML recipe file."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise SecateursError(f"recipe file {file} does not exist")
+    try:
+        data = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SecateursError(f"recipe {file} is not valid TOML: {exc}") from None
+    return Recipe.from_dict(data)

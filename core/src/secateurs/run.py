@@ -1,0 +1,156 @@
+"""Run a recipe end to end: validate, load, evaluate, prune, evaluate, export atomically."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from secateurs.errors import SecateursError
+from secateurs.loading import load
+from secateurs.outputs import atomic_output_dir, check_output_dir
+from secateurs.pipeline import PruneSpec, prune_model
+from secateurs.plugins import PluginManager, get_manager
+from secateurs.protocols import LoadedModel
+from secateurs.recipe import Part, Recipe, load_recipe
+from secateurs.types import PruneResult
+
+
+@attrs.frozen
+class RunOutcome:
+    """What a run produced: the pruning result, where it was written, and the metrics of
+    the recipe's evaluator before and after pruning (when it names one)."""
+
+    result: PruneResult
+    loaded: LoadedModel
+    output: Path | None = None
+    before: Mapping[str, float] | None = None
+    after: Mapping[str, float] | None = None
+
+
+@attrs.frozen
+class _Parts:
+    scorer: Any
+    allocator: Any
+    applier: Any
+    exporters: list[Any]
+    calibration: Any
+    evaluator: Any
+
+
+def _build_parts(recipe: Recipe, manager: PluginManager, progress: bool) -> _Parts:
+    """Create every named part first, so unknown names and bad parameters fail before any work."""
+    calibration = None
+    if recipe.calibration is not None:
+        params = {**recipe.calibration.params}
+        if "seed" in _init_names(manager.calibration_sources.entry(recipe.calibration.name).factory):
+            params.setdefault("seed", recipe.seed)
+        calibration = manager.calibration_sources.create(recipe.calibration.name, **params)
+    evaluator = None
+    if recipe.evaluate is not None:
+        params = {**recipe.evaluate.params}
+        if "progress" in _init_names(manager.evaluators.entry(recipe.evaluate.name).factory):
+            params.setdefault("progress", progress)
+        evaluator = manager.evaluators.create(recipe.evaluate.name, **params)
+    return _Parts(
+        scorer=manager.scorers.create(recipe.scorer.name, **recipe.scorer.params),
+        allocator=manager.allocators.create(recipe.allocator.name, **recipe.allocator.params),
+        applier=manager.appliers.create(recipe.applier.name, **recipe.applier.params),
+        exporters=[manager.exporters.create(p.name, **p.params) for p in recipe.exporters],
+        calibration=calibration,
+        evaluator=evaluator,
+    )
+
+
+def _init_names(factory: Any) -> set[str]:
+    if attrs.has(factory):
+        return {f.name for f in attrs.fields(factory)}
+    return set()
+
+
+def _reference(recipe: Recipe, manager: PluginManager) -> Callable[[str], torch.Tensor] | None:
+    if recipe.reference_model is None:
+        return None
+    state = load(recipe.reference_model, device="cpu", dtype=recipe.dtype, adapter=recipe.adapter, manager=manager)
+    tensors = state.model.state_dict()
+
+    def lookup(name: str) -> torch.Tensor:
+        if name not in tensors:
+            raise SecateursError(f"reference model {recipe.reference_model} has no tensor {name!r}")
+        return tensors[name]
+
+    return lookup
+
+
+def prune(
+    recipe: Recipe | Mapping[str, Any] | str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    manager: PluginManager | None = None,
+) -> RunOutcome:
+    """Run a recipe (object, dict, or TOML path). Writes ``recipe.output`` atomically when set.
+
+    Bad input (sparsity, names, parameters, paths, a non-empty output) fails before the
+    model is loaded, and nothing is written.
+    """
+    manager = manager or get_manager()
+    if isinstance(recipe, str | Path):
+        recipe = load_recipe(recipe)
+    elif not isinstance(recipe, Recipe):
+        recipe = Recipe.from_dict(recipe)
+    parts = _build_parts(recipe, manager, progress)
+    if recipe.output is not None:
+        check_output_dir(Path(recipe.output).expanduser(), overwrite)
+
+    started = time.perf_counter()
+    loaded = load(recipe.model, device=recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager)
+    load_seconds = time.perf_counter() - started
+    blocks = loaded.adapter.blocks(loaded.model)
+    before = parts.evaluator.evaluate(loaded) if parts.evaluator else None
+    spec = PruneSpec(
+        scorer=parts.scorer,
+        allocator=parts.allocator,
+        applier=parts.applier,
+        sparsity=recipe.sparsity,
+        granularity=recipe.granularity,
+        targets=recipe.targets,
+        exclude=recipe.exclude,
+        calibration=parts.calibration.batches(loaded) if parts.calibration else None,
+        reference=_reference(recipe, manager),
+        seed=recipe.seed,
+        progress=progress,
+    )
+    result = prune_model(loaded, spec, None if recipe.targets is not None else blocks)
+    result.timings["load"] = load_seconds
+    result.recipe = recipe.to_dict()
+    after = parts.evaluator.evaluate(loaded) if parts.evaluator else None
+    if after is not None:
+        result.records["evaluation"] = {"before": before, "after": after}
+    output = None
+    if recipe.output is not None:
+        with atomic_output_dir(recipe.output, overwrite=overwrite) as tmp:
+            for exporter in parts.exporters:
+                exporter.export(loaded, result, tmp)
+        output = Path(recipe.output).expanduser().resolve()
+    return RunOutcome(result=result, loaded=loaded, output=output, before=before, after=after)
+
+
+def evaluate(
+    model: str | Path,
+    evaluator: Part | str = "perplexity",
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    manager: PluginManager | None = None,
+    **params: Any,
+) -> dict[str, float]:
+    """Load ``model`` and measure it with a registered evaluator."""
+    manager = manager or get_manager()
+    part = Part(evaluator, params) if isinstance(evaluator, str) else evaluator
+    ev = manager.evaluators.create(part.name, **part.params)
+    return ev.evaluate(load(model, device=device, dtype=dtype, manager=manager))

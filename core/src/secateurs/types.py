@@ -1,0 +1,224 @@
+"""The data a pruning run is made of: units, blocks, input statistics, allocations, results.
+
+Everything here is plain data (attrs). Objects that hold a live ``nn.Module`` compare by
+identity (``eq=False``); the rest are frozen values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+
+@attrs.frozen(eq=False)
+class Unit:
+    """One prunable parameter of a model.
+
+    ``name`` is the qualified module path (``model.layers.0.self_attn.q_proj``); the pruned
+    tensor is ``getattr(module, param)``. Rows are ``weight[r]`` (one output unit: its
+    incoming weights, flattened for convolutions); 1-D tensors are a single row.
+    ``role`` is the architecture role the adapter gives it (``q_proj``, ``fc1``, ``conv``...).
+    """
+
+    name: str
+    module: nn.Module
+    param: str = "weight"
+    role: str = ""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.param)
+
+    @property
+    def qualified_name(self) -> str:
+        """The state-dict key of the pruned tensor."""
+        return f"{self.name}.{self.param}" if self.name else self.param
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.weight.shape
+
+    @property
+    def rows(self) -> int:
+        return 1 if self.weight.dim() == 1 else self.weight.shape[0]
+
+    @property
+    def row_width(self) -> int:
+        return self.weight.numel() // self.rows
+
+    def as_rows(self, tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """``tensor`` (default: the weight) viewed as ``[rows, row_width]``."""
+        t = self.weight if tensor is None else tensor
+        return t.reshape(self.rows, self.row_width)
+
+
+@attrs.frozen(eq=False)
+class ParamSlice:
+    """The span of ``getattr(module, param)`` along ``dim`` that a group's components share.
+
+    The span is entries ``[start, start + length)`` (``length=None``: to the end of the
+    dimension), so one fused tensor can hold several spans: timm's ``qkv`` weight gives a
+    head's group three slices, at ``start`` 0, ``dim`` and ``2 * dim``.
+    """
+
+    module: nn.Module
+    param: str
+    dim: int
+    start: int = 0
+    length: int | None = None
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return getattr(self.module, self.param)
+
+    @property
+    def span(self) -> int:
+        """Number of entries along ``dim`` in this slice (before anything is removed)."""
+        full = self.tensor.shape[self.dim]
+        return full - self.start if self.length is None else self.length
+
+
+@attrs.frozen(eq=False)
+class Group:
+    """A set of structured components pruned together (attention heads, MLP neurons,
+    conv output channels).
+
+    Component ``c`` owns entries ``[start + c * width, start + (c + 1) * width)`` along
+    ``slice.dim`` of every coupled slice, where ``width = slice.span // size`` (a head owns
+    ``head_dim`` rows of q/k/v; a neuron one row of ``fc1`` and one column of ``fc2``).
+    Several slices may lie in one tensor (fused ``qkv``): index them all before removing.
+    ``kind`` is ``"heads"``, ``"neurons"`` or ``"channels"``.
+    """
+
+    name: str
+    kind: str
+    size: int
+    slices: tuple[ParamSlice, ...]
+    meta: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(eq=False)
+class Block:
+    """Modules that run together; the granularity of layer-by-layer processing.
+
+    ``module`` is called with the captured inputs of the previous block (its positional
+    and keyword arguments, as the model's own forward passed them).
+    """
+
+    name: str
+    index: int
+    module: nn.Module
+    units: tuple[Unit, ...]
+    groups: tuple[Group, ...] = ()
+
+    def unit(self, name: str) -> Unit:
+        for unit in self.units:
+            if unit.name == name:
+                return unit
+        raise KeyError(f"block {self.name!r} has no unit {name!r}")
+
+
+@attrs.define(eq=False)
+class InputStats:
+    """Statistics of the inputs a unit saw during calibration.
+
+    ``sq_norm[j]``: mean over samples of the sum over tokens (and spatial positions) of
+    ``x_j ** 2`` (Wanda's ``scaler_row``). ``hessian``: ``(2 / nsamples) * sum x x^T`` over
+    all tokens (SparseGPT's H), present only when requested. Both float32 on the unit's
+    device.
+    """
+
+    sq_norm: torch.Tensor
+    nsamples: int = 0
+    ntokens: int = 0
+    hessian: torch.Tensor | None = None
+
+
+@attrs.frozen
+class UnitAllocation:
+    """Target sparsity of one unit: ``sparsity`` for the whole unit, or, when ``rows`` is
+    given, one ratio per row (their mean is ``sparsity``)."""
+
+    sparsity: float
+    rows: torch.Tensor | None = attrs.field(default=None, eq=False)
+
+    def row_sparsity(self, n_rows: int) -> torch.Tensor:
+        """One sparsity ratio per row (float64 on CPU)."""
+        if self.rows is not None:
+            return self.rows.detach().to("cpu", torch.float64)
+        return torch.full((n_rows,), float(self.sparsity), dtype=torch.float64)
+
+
+Allocation = Mapping[str, UnitAllocation]
+"""Unit name → its target sparsity."""
+
+
+@attrs.frozen
+class UnitReport:
+    """What happened to one unit."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    pruned: int
+    target_sparsity: float
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruned / self.numel if self.numel else 0.0
+
+
+@attrs.define
+class PruneResult:
+    """The outcome of a pruning session.
+
+    ``units`` lists every pruned unit (or structured group); ``pruned`` counts the entries
+    (components, for groups) not kept: zeroed, removed, or restored for KEN.
+    ``params_total`` counts all parameters of the model before the run, ``params_pruned``
+    the parameters not kept.
+    ``timings`` are wall seconds per phase; ``records`` is free-form data that plugins
+    (allocators that search, scorers) want in the report.
+    """
+
+    units: list[UnitReport] = attrs.field(factory=list)
+    params_total: int = 0
+    params_pruned: int = 0
+    timings: dict[str, float] = attrs.field(factory=dict)
+    records: dict[str, Any] = attrs.field(factory=dict)
+    recipe: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def params_kept(self) -> int:
+        return self.params_total - self.params_pruned
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of entries of the pruned units that were pruned."""
+        total = sum(u.numel for u in self.units)
+        return sum(u.pruned for u in self.units) / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sparsity": self.sparsity,
+            "params_total": self.params_total,
+            "params_pruned": self.params_pruned,
+            "params_kept": self.params_kept,
+            "timings": self.timings,
+            "units": [
+                {
+                    "name": u.name,
+                    "shape": list(u.shape),
+                    "numel": u.numel,
+                    "pruned": u.pruned,
+                    "sparsity": u.sparsity,
+                    "target_sparsity": u.target_sparsity,
+                }
+                for u in self.units
+            ],
+            "records": self.records,
+            "recipe": self.recipe,
+        }
