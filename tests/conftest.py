@@ -43,3 +43,35 @@ def token_batches(n: int = 4, seqlen: int = 16, vocab: int = 128, batch_size: in
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (n, seqlen), generator=gen)
     return [{"input_ids": chunk} for chunk in ids.split(batch_size)]
+
+
+def char_tokenizer(vocab: int = 128):
+    """A character-level fast tokenizer over the first ``vocab`` code points (offline)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    table = {chr(i): i for i in range(1, vocab)}
+    table["<unk>"] = 0
+    tok = Tokenizer(models.WordLevel(vocab=table, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+@pytest.fixture
+def tiny_lm_dir(tmp_path):
+    """A tiny Llama with a character tokenizer saved as a transformers folder."""
+    folder = tmp_path / "tiny-llama"
+    tiny_causal_lm("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    """A small English text file for calibration and perplexity."""
+    path = tmp_path / "text.txt"
+    words = "the quick brown fox jumps over the lazy dog while a small bird sings".split()
+    gen = torch.Generator().manual_seed(0)
+    picks = torch.randint(0, len(words), (6000,), generator=gen).tolist()
+    path.write_text(" ".join(words[i] for i in picks))
+    return path

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from secateurs.errors import SecateursError
+from secateurs.inspection import inspect_command
 from secateurs.plugins import KINDS, get_manager
 
 
@@ -113,6 +114,9 @@ def plugins(as_json) -> None:
                 click.echo(f"    {kind + 's:':<14}{', '.join(names)}")
     for failure in failures:
         click.echo(f"FAILED {failure['plugin']} ({failure['distribution']}): {failure['error']}", err=True)
+
+
+cli.add_command(inspect_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,9 +37,11 @@ from secateurs.protocols import (
 )
 from secateurs.masks import keep_counts
 from secateurs.stats import collect_stats
+from secateurs.structured import group_numel
 from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit, UnitReport
 
 UNSTRUCTURED = "unstructured"
+HIDDEN_KEYS = ("hidden_states", "x", "input")
 Inputs = list[tuple[tuple[Any, ...], dict[str, Any]]]
 """Per calibration batch: the positional and keyword arguments one block is called with."""
 
@@ -103,6 +105,12 @@ def capture_inputs(loaded: LoadedModel, first: Block, batches: Iterable[Any]) ->
     captured: Inputs = []
 
     def catch(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not args:  # hidden state passed by keyword: make it positional
+            kwargs = dict(kwargs)
+            key = next((k for k in HIDDEN_KEYS if k in kwargs), None)
+            if key is None:
+                raise SecateursError(f"block {first.name!r} was called without a hidden state")
+            args = (kwargs.pop(key),)
         captured.append((args, kwargs))
         raise _Stop
 
@@ -166,13 +174,75 @@ class Session:
         return outputs
 
     def collect(
-        self, block: Block, inputs: Inputs, units: Sequence[Unit] | None = None, *, keep_outputs: bool = False
+        self,
+        block: Block,
+        inputs: Inputs,
+        units: Sequence[Unit] | None = None,
+        *,
+        keep_outputs: bool = False,
+        hessian: bool | None = None,
     ) -> tuple[dict[str, InputStats], Inputs]:
-        """Run ``block`` with statistics hooks on ``units`` (default: all the block's units)."""
+        """Run ``block`` with statistics hooks on ``units`` (default: all the block's units).
+
+        ``hessian``: collect Hessians (default: when the scorer or applier needs them);
+        ``False`` skips them for callers that only need ``sq_norm``.
+        """
         units = list(block.units if units is None else units)
-        with collect_stats(units, hessian=STAT_HESSIAN in self.spec.needed_stats()) as col:
+        with collect_stats(units, hessian=self._want_hessian(hessian)) as col:
             outputs = self.run(block, inputs, keep_outputs=keep_outputs)
         return col.stats, outputs
+
+    def _want_hessian(self, hessian: bool | None) -> bool:
+        return STAT_HESSIAN in self.spec.needed_stats() if hessian is None else hessian
+
+    def capture(self, batches: Iterable[Any]) -> Inputs:
+        """Block 0's inputs for other calibration ``batches`` (e.g. a search subset)."""
+        with self.timed("capture"):
+            return capture_inputs(self.loaded, self.blocks[0], batches)
+
+    def collect_streams(
+        self,
+        block: Block,
+        streams: Sequence[Inputs],
+        units: Sequence[Unit] | None = None,
+        *,
+        hessian: bool | None = None,
+        max_streams: int | None = None,
+    ) -> list[dict[str, InputStats]]:
+        """Statistics of ``units`` for each of several input ``streams`` of ``block``, with
+        the block's current weights, running up to ``max_streams`` streams (default: all) in
+        one forward per sample so the block's weights are read once per sample.
+
+        Streams must be of equal length and come from the same captured inputs (what
+        ``run`` returns keeps each sample's extra arguments, so candidates evaluated from
+        the same block-0 inputs qualify): sample ``j`` of every stream must share its
+        extra positional and keyword arguments (the same objects). Hidden states are then
+        concatenated along the batch dimension (stream-major); extra tensors whose leading
+        dimension is the batch size (> 1) are repeated to match, others broadcast. Streams
+        that do not qualify run one after another. Results equal separate ``collect`` calls
+        up to float rounding.
+        """
+        units = list(block.units if units is None else units)
+        if not streams:
+            return []
+        step = max_streams or len(streams)
+        if step < len(streams):
+            return [
+                stats
+                for start in range(0, len(streams), step)
+                for stats in self.collect_streams(block, streams[start : start + step], units, hessian=hessian)
+            ]
+        want_hessian = self._want_hessian(hessian)
+        if len(streams) == 1 or not _shared_extras(streams):
+            return [self.collect(block, s, units, hessian=want_hessian)[0] for s in streams]
+        n = len(streams)
+        with collect_stats(units, hessian=want_hessian, splits=n) as col, torch.no_grad(), self.timed("forward"):
+            for j, (args, kwargs) in enumerate(streams[0]):
+                batch = args[0].shape[0]
+                hidden = torch.cat([s[j][0][0] for s in streams])
+                extras = _repeat_batch(args[1:], n, batch)
+                block.module(hidden, *extras, **_repeat_batch(kwargs, n, batch))
+        return col.split_stats
 
     def score(
         self, block: Block, stats: Mapping[str, InputStats], allocation: Allocation | None = None
@@ -229,13 +299,19 @@ class Session:
         stats: Mapping[str, InputStats],
         inputs: Inputs,
         allocation: Allocation | None = None,
+        scores: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, torch.Tensor], Allocation]:
-        """Score, allocate (unless ``allocation`` is given) and apply masks to ``block``."""
+        """Score, allocate (unless ``allocation`` is given) and apply masks to ``block``.
+
+        ``scores``: this block's scores computed earlier with the same weights and
+        statistics (allocators that try several allocations share them); ignored for
+        scorers that select given keep counts.
+        """
         if self.spec.scorer.selects:
             allocation = allocation or self.allocate(block, None)
             scores = self.score(block, stats, allocation)
         else:
-            scores = self.score(block, stats)
+            scores = scores if scores is not None else self.score(block, stats)
             allocation = allocation or self.allocate(block, scores)
         ctx = BlockContext(
             block=block,
@@ -245,6 +321,7 @@ class Session:
             recollect=lambda units: self.collect(block, inputs, units)[0],
             reference=self.reference if self.spec.reference is not None else None,
             granularity=self.spec.granularity,
+            loaded=self.loaded,
         )
         with torch.no_grad(), self.timed("apply"):
             masks = self.spec.applier.apply(block, scores, allocation, ctx)
@@ -306,6 +383,10 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         if not hasattr(spec.scorer, "score_group"):
             raise SecateursError(f"this scorer cannot score structured {spec.granularity!r} groups")
     weights = [_params_per_entry(t) for t in targets]
+    prepare = getattr(spec.scorer, "prepare", None)
+    if prepare is not None:  # whole-model scorers (relevance): once, before anything is pruned
+        with session.timed("score"):
+            prepare(loaded, spec.calibration)
     if not session.data_free:
         if not spec.calibration:
             raise SecateursError("this scorer or applier needs calibration data; the recipe gives none")
@@ -315,7 +396,7 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         spec.allocator.prepare(session, spec.sparsity)
 
     reports: list[UnitReport] = []
-    inputs = session.inputs
+    inputs, session.inputs = session.inputs, []  # hold one block boundary, not two
     with torch.no_grad():
         for block in tqdm(blocks, desc="pruning", unit="block", disable=not spec.progress):
             stats: dict[str, InputStats] = {}
@@ -336,6 +417,36 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         timings=session.timings,
         records=records,
     )
+
+
+def _shared_extras(streams: Sequence[Inputs]) -> bool:
+    """Whether every stream has the first one's length and, per sample, its extra
+    arguments (the same objects) and hidden-state shape."""
+    first = streams[0]
+    for stream in streams[1:]:
+        if len(stream) != len(first):
+            return False
+        for (args, kwargs), (args0, kwargs0) in zip(stream, first, strict=True):
+            if kwargs is not kwargs0 or len(args) != len(args0) or args[0].shape != args0[0].shape:
+                return False
+            if any(a is not b for a, b in zip(args[1:], args0[1:], strict=True)):
+                return False
+    return True
+
+
+def _repeat_batch(value: Any, n: int, batch: int) -> Any:
+    """``value`` with every tensor whose leading dimension is ``batch`` (> 1) repeated ``n``
+    times along it (stream-major, like the concatenated hidden states)."""
+    if isinstance(value, torch.Tensor):
+        if batch > 1 and value.dim() and value.shape[0] == batch:
+            return value.repeat(n, *([1] * (value.dim() - 1)))
+        return value
+    if isinstance(value, tuple | list):
+        items = [_repeat_batch(v, n, batch) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, dict):
+        return {k: _repeat_batch(v, n, batch) for k, v in value.items()}
+    return value
 
 
 def _all_targets(session: Session) -> list[Unit] | list[Group]:
@@ -364,4 +475,4 @@ def _params_per_entry(target: Unit | Group) -> int:
     of one component for groups (measured before anything is removed)."""
     if isinstance(target, Unit):
         return 1
-    return sum(getattr(s.module, s.param).numel() for s in target.slices) // max(target.size, 1)
+    return group_numel(target) // max(target.size, 1)

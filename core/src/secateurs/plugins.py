@@ -30,6 +30,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "secateurs.builtins.scorers",
     "secateurs.builtins.allocators",
     "secateurs.builtins.appliers",
+    "secateurs.builtins.sparsegpt",
+    "secateurs.builtins.owl",
+    "secateurs.builtins.remove",
     "secateurs.builtins.exporters",
     "secateurs.builtins.text",
 )
@@ -177,14 +180,16 @@ class PluginManager:
         self._collect()
 
     def _collect(self) -> None:
+        """Ask every plugin what it registers; a plugin whose hook raises or whose names
+        clash registers nothing and is recorded in ``failures``."""
         self.registries = {kind: Registry(kind) for kind in KINDS}
         self.registered = {}
         self.failures = [f for f in self.failures if f.error.startswith("import failed")]
         infos = {p.name: p for p in self.plugins}
+        offered: dict[str, list[tuple[str, Entry]]] = {p.name: [] for p in self.plugins}
         broken: set[str] = set()
         for kind, hook_name in KINDS.items():
-            caller = getattr(self.pm.hook, hook_name)
-            for impl in reversed(caller.get_hookimpls()):  # registration order
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 info = infos[impl.plugin_name]
                 if info.name in broken:
                     continue
@@ -195,14 +200,32 @@ class PluginManager:
 
                 try:
                     impl.function(register=register)
-                    for entry in entries:
-                        self.registries[kind].add(entry)
                 except Exception as exc:
-                    self.failures.append(PluginFailure(info, f"{hook_name} failed: {exc}"))
+                    self.failures.append(PluginFailure(info, f"{hook_name} failed: {exc!r}"))
                     broken.add(info.name)
                     continue
-                names = self.registered.setdefault(info.name, {}).setdefault(kind, [])
-                names.extend(e.name for e in entries)
+                offered[info.name].extend((kind, e) for e in entries)
+        for info in self.plugins:  # registration order: the first to claim a name keeps it
+            if info.name not in broken:
+                self._accept(info, offered[info.name])
+
+    def _accept(self, info: PluginInfo, entries: list[tuple[str, Entry]]) -> None:
+        seen: set[tuple[str, str]] = set()
+        for kind, entry in entries:
+            if (kind, entry.name) in seen or entry.name in self.registries[kind]:
+                first = info if (kind, entry.name) in seen else self.registries[kind].entry(entry.name).plugin
+                self.failures.append(
+                    PluginFailure(
+                        info,
+                        f"{kind} {entry.name!r} is registered twice: by plugin {first.label()} "
+                        f"and again by plugin {info.label()}; the later plugin was not loaded",
+                    )
+                )
+                return
+            seen.add((kind, entry.name))
+        for kind, entry in entries:
+            self.registries[kind].add(entry)
+            self.registered.setdefault(info.name, {}).setdefault(kind, []).append(entry.name)
 
     def add_commands(self, cli: Any) -> None:
         """Let plugins add CLI sub-commands; a failing plugin is recorded, not fatal."""

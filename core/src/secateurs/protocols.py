@@ -66,6 +66,8 @@ class BlockContext:
     mode). ``reference(unit)`` returns the reference model's tensor for a unit.
     ``granularity`` is ``"unstructured"`` (scores and allocation keyed by unit name) or the
     group kind being pruned (keyed by group name; one score per component).
+    ``loaded`` is the model being pruned with its adapter (appliers that change the
+    architecture, such as ``remove``, call the adapter's optional ``resized`` hook).
     """
 
     block: Block
@@ -75,6 +77,7 @@ class BlockContext:
     recollect: Callable[[Sequence[Unit]], Mapping[str, InputStats]]
     reference: Callable[[Unit], torch.Tensor] | None = None
     granularity: str = "unstructured"
+    loaded: LoadedModel | None = None
 
 
 @runtime_checkable
@@ -86,6 +89,13 @@ class Adapter(Protocol):
     next as its first argument. ``forward(model, batch)`` runs the model on one
     calibration batch. ``load(path)`` returns ``None`` when the path is not in a format
     this adapter loads.
+
+    Optional: ``resized(model, block, group, keep)`` is called by the ``remove`` applier
+    after the components of ``group`` not in ``keep`` (bool ``[group.size]``) were
+    physically removed (``secateurs.structured.remove_components``); it updates the
+    architecture attributes the generic removal does not know (head counts) and the
+    model's config, so that the saved model reloads. Adapters without it support only
+    removals that need no such update.
     """
 
     name: str
@@ -115,6 +125,9 @@ class Scorer(Protocol):
 
     Scorers that support structured pruning also implement
     ``score_group(group, ctx) -> Tensor[group.size]`` (one score per component).
+    Scorers that need the whole model (relevance, Taylor) may implement
+    ``prepare(loaded, calibration)``: called once by the pipeline before anything is
+    pruned, with the loaded model and the calibration batches (``None`` if none).
     """
 
     requires: frozenset[str]

@@ -53,28 +53,56 @@ class _Accumulator:
         return InputStats(self.sum_sq / n, self.nsamples, self.ntokens, hessian)
 
 
+class _Splitter:
+    """Feeds equal leading-dimension chunks of a module's input to one accumulator each
+    (several input streams concatenated along the batch dimension, stream-major)."""
+
+    def __init__(self, accumulators: list[_Accumulator]) -> None:
+        self.accumulators = accumulators
+
+    def __call__(self, module: nn.Module, args: tuple, output: object) -> None:
+        x, n = args[0], len(self.accumulators)
+        if x.dim() < 2 or x.shape[0] % n:
+            raise SecateursError(
+                f"{self.accumulators[0].name}: input of shape {tuple(x.shape)} cannot be split "
+                f"into {n} streams along its batch dimension"
+            )
+        for acc, chunk in zip(self.accumulators, x.chunk(n), strict=True):
+            acc(module, (chunk,), output)
+
+
 class StatsCollection:
-    """Statistics gathered by ``collect_stats``; ``stats`` is filled when the block exits."""
+    """Statistics gathered by ``collect_stats``; ``stats`` is filled when the block exits
+    (``split_stats``: one such dict per stream when ``splits > 1``; ``stats`` is the first)."""
 
     def __init__(self) -> None:
         self.stats: dict[str, InputStats] = {}
+        self.split_stats: list[dict[str, InputStats]] = []
 
 
 @contextmanager
-def collect_stats(units: Sequence[Unit], *, hessian: bool = False) -> Iterator[StatsCollection]:
+def collect_stats(units: Sequence[Unit], *, hessian: bool = False, splits: int = 1) -> Iterator[StatsCollection]:
     """Hook the modules of ``units``; on exit, ``collection.stats[unit.name]`` holds their
-    input statistics (units sharing a module share one accumulator)."""
-    accumulators: dict[int, _Accumulator] = {}
+    input statistics (units sharing a module share one accumulator).
+
+    ``splits > 1``: the block runs on ``splits`` streams concatenated along the batch
+    dimension (stream-major, equal sizes); ``collection.split_stats[k]`` holds stream
+    ``k``'s statistics, as if it had run alone.
+    """
+    accumulators: dict[int, list[_Accumulator]] = {}
     handles = []
     for unit in units:
         key = id(unit.module)
         if key not in accumulators:
-            acc = accumulators[key] = _Accumulator(unit.module, hessian, unit.name)
-            handles.append(unit.module.register_forward_hook(acc))
+            accs = accumulators[key] = [_Accumulator(unit.module, hessian, unit.name) for _ in range(splits)]
+            handles.append(unit.module.register_forward_hook(accs[0] if splits == 1 else _Splitter(accs)))
     collection = StatsCollection()
     try:
         yield collection
     finally:
         for handle in handles:
             handle.remove()
-    collection.stats = {unit.name: accumulators[id(unit.module)].result() for unit in units}
+    collection.split_stats = [
+        {unit.name: accumulators[id(unit.module)][k].result() for unit in units} for k in range(splits)
+    ]
+    collection.stats = collection.split_stats[0]

@@ -1,46 +1,196 @@
-"""Structured components: views of a group's coupled slices, and zeroing components.
+"""Structured components: views of a group's coupled slices, zeroing and removing components.
 
 A ``Group`` of ``size`` components owns, in each coupled ``ParamSlice``, the entries
-``[c * width, (c + 1) * width)`` along ``slice.dim`` for component ``c``.
+``[start + c * width, start + (c + 1) * width)`` along ``slice.dim`` for component ``c``
+(``width = slice.span // size``).
+
+Removal API (used by the ``remove`` applier and by adapters)::
+
+    touched = remove_components([(group, keep), ...])   # keep: bool [group.size]
+
+slices every coupled tensor in place (several slices of one tensor — fused ``qkv`` —
+are cut together), then rewrites the size attributes of the touched standard modules
+(``sync_sizes``: ``nn.Linear``, ``nn.Conv*``, ``nn.BatchNorm*``, ``nn.LayerNorm``).
+Modules keep their identity (their parameters are replaced, not the modules), so every
+``Unit``/``Group``/hook that refers to them stays valid; architecture attributes beyond
+these (head counts, configs) are the adapter's job (``Adapter.resized``).
+
+Companions: cutting a Linear/Conv weight along its output dimension also cuts its bias,
+and cutting any per-feature tensor of a norm layer cuts all of them (weight, bias,
+running statistics), whether or not the group lists them; ``zero_components`` zeroes
+the same companions, so zeroing and removing a component give the same outputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import torch
+from torch import nn
 
 from secateurs.errors import SecateursError
 from secateurs.types import Group, ParamSlice
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+_CONVS = nn.modules.conv._ConvNd
+
 
 def slice_width(group: Group, s: ParamSlice) -> int:
-    length = getattr(s.module, s.param).shape[s.dim]
-    if length % group.size:
+    """Entries one component owns along ``s.dim`` of the slice."""
+    span = s.span
+    if span % group.size:
         raise SecateursError(
-            f"group {group.name!r}: {s.param} has {length} entries along dim {s.dim}, "
+            f"group {group.name!r}: {s.param} has {span} entries along dim {s.dim}, "
             f"not a multiple of its {group.size} components"
         )
-    return length // group.size
+    return span // group.size
+
+
+def _span_tensor(s: ParamSlice) -> torch.Tensor:
+    return getattr(s.module, s.param).detach().narrow(s.dim, s.start, s.span)
 
 
 def component_view(group: Group, s: ParamSlice) -> torch.Tensor:
-    """The slice's parameter as ``[size, -1]``: one row per component (detached)."""
-    t = getattr(s.module, s.param).detach()
+    """The slice's entries as ``[size, -1]``: one row per component (detached)."""
     width = slice_width(group, s)
-    moved = t.movedim(s.dim, 0)
+    moved = _span_tensor(s).movedim(s.dim, 0)
     return moved.reshape(group.size, width * moved[0].numel())
 
 
 def entry_mask(group: Group, s: ParamSlice, keep: torch.Tensor) -> torch.Tensor:
-    """Bool mask over ``slice.dim`` of the parameter from a per-component ``keep``."""
+    """Bool mask over the slice's ``span`` entries along ``slice.dim`` from a per-component ``keep``."""
     return keep.to(torch.bool).repeat_interleave(slice_width(group, s))
 
 
+def coupled_slices(group: Group) -> list[ParamSlice]:
+    """The group's slices plus their companions (bias of a cut output dimension, every
+    per-feature tensor of a cut norm layer), without duplicates."""
+    out: list[ParamSlice] = []
+    seen: set[tuple[int, str, int, int]] = set()
+
+    def add(s: ParamSlice) -> None:
+        key = (id(s.module), s.param, s.dim, s.start)
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+
+    for s in group.slices:
+        add(s)
+        for name in _companions(s):
+            add(ParamSlice(s.module, name, 0, s.start, s.span))
+    return out
+
+
+def _companions(s: ParamSlice) -> list[str]:
+    module = s.module
+    if isinstance(module, _NORMS) and s.dim == 0:
+        names = [n for n, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]]
+        full = getattr(module, s.param).shape[0]
+        return [n for n in names if n != s.param and getattr(module, n).dim() == 1 and getattr(module, n).shape[0] == full]
+    if isinstance(module, nn.Linear | _CONVS) and s.param == "weight" and s.dim == 0 and module.bias is not None:
+        return ["bias"]
+    return []
+
+
+def group_numel(group: Group) -> int:
+    """Parameter entries the group's components hold (coupled slices and companions;
+    buffers such as running statistics are not parameters and not counted)."""
+    total = 0
+    for s in coupled_slices(group):
+        tensor = getattr(s.module, s.param)
+        if isinstance(tensor, nn.Parameter):
+            total += tensor.numel() // tensor.shape[s.dim] * s.span
+    return total
+
+
 def zero_components(group: Group, keep: torch.Tensor) -> None:
-    """Set every coupled entry of the components not in ``keep`` (bool ``[size]``) to zero."""
+    """Set every coupled entry (and companion) of the components not in ``keep`` (bool
+    ``[size]``) to zero."""
     with torch.no_grad():
-        for s in group.slices:
+        for s in coupled_slices(group):
             param = getattr(s.module, s.param)
+            if not param.is_floating_point():
+                continue
             mask = entry_mask(group, s, keep.to(param.device))
             shape = [1] * param.dim()
             shape[s.dim] = -1
-            param.mul_(mask.view(shape).to(param.dtype))
+            param.narrow(s.dim, s.start, s.span).mul_(mask.view(shape).to(param.dtype))
+
+
+def remove_components(removals: Iterable[tuple[Group, torch.Tensor]]) -> list[nn.Module]:
+    """Physically remove the components not kept (``keep``: bool ``[group.size]``, at
+    least one ``True``) of every group, in place; return the modules whose tensors changed.
+
+    All groups are indexed against the current shapes before anything is cut, so pass
+    every group of one removal together. Size attributes of standard modules are synced.
+    """
+    cuts: dict[tuple[int, str], tuple[nn.Module, str, dict[int, torch.Tensor]]] = {}
+    for group, keep in removals:
+        keep = keep.to(torch.bool).cpu()
+        if keep.shape != (group.size,):
+            raise SecateursError(f"group {group.name!r}: keep has shape {tuple(keep.shape)}, expected ({group.size},)")
+        if not keep.any():
+            raise SecateursError(f"group {group.name!r}: cannot remove every component; keep at least one")
+        for s in coupled_slices(group):
+            tensor = getattr(s.module, s.param)
+            _, _, dims = cuts.setdefault((id(s.module), s.param), (s.module, s.param, {}))
+            full = dims.setdefault(s.dim, torch.ones(tensor.shape[s.dim], dtype=torch.bool))
+            full[s.start : s.start + s.span] &= entry_mask(group, s, keep)
+    touched: dict[int, nn.Module] = {}
+    with torch.no_grad():
+        for module, param, dims in cuts.values():
+            tensor = getattr(module, param)
+            new = tensor.detach()
+            for dim, kept in dims.items():
+                new = new.index_select(dim, kept.nonzero().view(-1).to(new.device))
+            _set_tensor(module, param, new.contiguous())
+            touched[id(module)] = module
+    modules = list(touched.values())
+    for module in modules:
+        sync_sizes(module)
+    return modules
+
+
+def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    old = getattr(module, name)
+    if isinstance(old, nn.Parameter):
+        setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        setattr(module, name, value)
+
+
+def resize_tensor(module: nn.Module, name: str, shape: Sequence[int]) -> None:
+    """Replace ``module.<name>`` by an uninitialised tensor of ``shape`` (same dtype,
+    device, parameter-ness), for loaders that then fill it from a checkpoint."""
+    old = getattr(module, name)
+    if tuple(old.shape) != tuple(shape):
+        _set_tensor(module, name, torch.empty(tuple(shape), dtype=old.dtype, device=old.device))
+
+
+def sync_sizes(module: nn.Module) -> None:
+    """Rewrite the size attributes of a standard module from its tensors (idempotent).
+
+    ``nn.Linear``: ``in/out_features``; ``nn.Conv*``: ``in/out_channels`` (a depthwise
+    conv stays depthwise); norms: ``num_features`` / ``normalized_shape`` /
+    ``num_channels``. Other modules are left alone.
+    """
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, _CONVS):
+        out, per_group = module.weight.shape[:2]
+        if module.transposed:
+            raise SecateursError("removing channels of transposed convolutions is not supported")
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        if depthwise:
+            module.groups = out
+        elif module.groups > 1 and out != module.out_channels:
+            raise SecateursError("removing channels of grouped (non-depthwise) convolutions is not supported")
+        module.out_channels, module.in_channels = out, per_group * module.groups
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        ref = module.weight if module.weight is not None else module.running_mean
+        if ref is not None:
+            module.num_features = ref.shape[0]
+    elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+        module.normalized_shape = tuple(module.weight.shape)
+    elif isinstance(module, nn.GroupNorm) and module.weight is not None:
+        module.num_channels = module.weight.shape[0]

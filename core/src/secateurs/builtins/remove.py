@@ -1,0 +1,55 @@
+"""Built-in applier ``remove``: physically removes the lowest-scored structured components
+(heads, neurons, channels), so the pruned model is smaller and faster.
+
+The same per-component masks as ``zero`` are chosen (``group_masks``); the coupled
+tensors are sliced (``secateurs.structured.remove_components``) and the adapter's
+optional ``resized(model, block, group, keep)`` hook updates architecture attributes and
+the model's config. A structured mask applied by ``zero`` and by ``remove`` gives the
+same outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+import attrs
+import torch
+
+from secateurs.builtins.appliers import UNSTRUCTURED, group_masks
+from secateurs.errors import SecateursError
+from secateurs.hookspecs import hookimpl
+from secateurs.protocols import BlockContext
+from secateurs.structured import remove_components
+from secateurs.types import Allocation, Block
+
+
+@attrs.frozen
+class RemoveApplier:
+    """Remove whole components of the run's structured granularity (``granularity =
+    "heads" | "neurons" | "channels"`` in the recipe)."""
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+    row_ratios: ClassVar[bool] = False
+
+    def apply(
+        self, block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
+    ) -> dict[str, torch.Tensor]:
+        if ctx.granularity == UNSTRUCTURED:
+            raise SecateursError(
+                "the 'remove' applier removes structured components: set the recipe's "
+                "granularity to a group kind (heads, neurons, channels), or use the 'zero' applier"
+            )
+        masks = group_masks(block, scores, allocation, ctx.granularity)
+        groups = [g for g in block.groups if g.name in masks]
+        remove_components((g, masks[g.name]) for g in groups)
+        resized = getattr(ctx.loaded.adapter, "resized", None) if ctx.loaded is not None else None
+        if resized is not None:
+            for group in groups:
+                resized(ctx.loaded.model, block, group, masks[group.name])
+        return masks
+
+
+@hookimpl
+def secateurs_register_appliers(register) -> None:
+    register("remove", RemoveApplier)

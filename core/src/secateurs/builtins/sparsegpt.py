@@ -1,0 +1,247 @@
+"""Built-in applier ``sparsegpt``: OBS mask selection and weight update (Frantar & Alistarh, 2023).
+
+For every Linear unit with input Hessian ``H = (2/N) Σ x xᵀ`` (collected by the pipeline
+because this applier requires ``"hessian"``): dampen ``H`` by ``percdamp · mean(diag H)``,
+take the upper Cholesky factor ``U`` of ``H⁻¹`` and walk the columns in blocks of
+``blocksize``. Inside a block the entries with the lowest ``w² / U_cc²`` are pruned
+(unstructured), or the lowest ``M − N`` of every ``M`` consecutive columns of a row (N:M,
+decided when the walk reaches the group); column by column the pruning error
+``(w − q) / U_cc`` is pushed onto the block's remaining columns, and after each block onto
+all later columns at once (lazy batch updates).
+
+The mask is chosen by this OBS criterion, not by the recipe's scorer: the scorer's
+scores are ignored here (allocators such as ``owl`` or ``global`` still use them to set
+each unit's sparsity). Unstructured quotas are exact: a unit with sparsity ``s`` prunes
+``floor(numel · s)`` entries, spread over the column blocks cumulatively and compared
+across all rows of a block, as in the reference. With per-row ratios every row ``r``
+prunes exactly ``floor(in · s_r)`` entries (compared within the row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import attrs
+import torch
+
+from secateurs.builtins.appliers import ZeroApplier
+from secateurs.errors import SecateursError
+from secateurs.hookspecs import hookimpl
+from secateurs.masks import nm_mask, parse_nm, pruned_count, rows_topk
+from secateurs.protocols import STAT_HESSIAN, BlockContext
+from secateurs.types import Allocation, Block, Unit, UnitAllocation
+
+UNSTRUCTURED = "unstructured"
+
+LLAMA_SEQUENTIAL: tuple[tuple[str, ...], ...] = (
+    ("k_proj", "v_proj", "q_proj"),
+    ("o_proj",),
+    ("up_proj", "gate_proj"),
+    ("down_proj",),
+)
+"""True-sequential order by unit role (the reference's LLaMA order)."""
+
+
+def _positive_int(_inst, attribute, value) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+def _damping(_inst, attribute, value) -> None:
+    if not isinstance(value, int | float) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{attribute.name} must be a fraction in (0, 1), got {value!r}")
+
+
+def _pattern(inst, _attribute, value) -> None:
+    if value is None:
+        return
+    _, m = parse_nm(value)
+    if inst.blocksize % m:
+        raise ValueError(f"blocksize {inst.blocksize} must be a multiple of M={m} for pattern {value}")
+
+
+def _order(value) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(group) for group in value)
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
+    """The upper Cholesky factor of ``(H + λI)⁻¹`` with ``λ = percdamp · mean(diag H)``
+    (float32 on ``hessian``'s device).
+
+    Tried in float32, then float64. Raises ``SecateursError`` naming the layer when ``H``
+    has non-finite entries or is still not positive definite after dampening; the
+    damping is not raised silently (the reference does not either).
+    """
+    if not torch.isfinite(hessian).all():
+        raise SecateursError(
+            f"{name}: the Hessian of its inputs has inf/NaN entries (activations overflowed?); "
+            "prune in float32 (recipe dtype = \"float32\")"
+        )
+    n = hessian.shape[0]
+    damp = percdamp * float(torch.diagonal(hessian).mean())
+    for dtype in (torch.float32, torch.float64):
+        h = hessian.to(dtype) + damp * torch.eye(n, dtype=dtype, device=hessian.device)
+        lower, info = torch.linalg.cholesky_ex(h)
+        if int(info):
+            continue
+        upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+        if not int(info) and torch.isfinite(upper).all():
+            return upper.float()
+    raise SecateursError(
+        f"{name}: the Hessian of its inputs is not positive definite even after {percdamp:g} "
+        "dampening (tried float32 and float64); raise the applier's `percdamp` (e.g. 0.1) "
+        "or use more calibration samples"
+    )
+
+
+def _tile_quota(rows: int, start: int, end: int, allocation: UnitAllocation) -> torch.Tensor:
+    """Entries to prune in columns ``[start, end)``: one count for the tile (no per-row
+    ratios) or one per row, cumulative so that the unit's totals are exact."""
+    if allocation.rows is None:
+        s = float(allocation.sparsity)
+        return pruned_count(rows * end, s) - pruned_count(rows * start, s)
+    ratios = allocation.row_sparsity(rows)
+    return pruned_count(end, ratios) - pruned_count(start, ratios)
+
+
+def _select(loss: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
+    """Prune-mask of a tile: its ``quota`` lowest losses (tile-wide), or ``quota[r]`` lowest
+    of each row when ``quota`` has one entry per row."""
+    if quota.dim() == 0:
+        flat = torch.zeros(loss.numel(), dtype=torch.bool, device=loss.device)
+        k = int(quota)
+        if k:
+            flat[torch.topk(loss.reshape(-1), k, largest=False, sorted=False).indices] = True
+        return flat.view_as(loss)
+    return ~rows_topk(loss, loss.shape[1] - quota)
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    allocation: UnitAllocation,
+    *,
+    nm: tuple[int, int] | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    name: str = "layer",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT on one ``[rows, in]`` weight: returns ``(pruned_and_updated_weight, keep_mask)``.
+
+    ``weight`` is not modified; the result is float32 on its device. ``nm`` overrides the
+    allocation (N kept of every M consecutive columns of a row).
+    """
+    w = weight.detach().float().clone()
+    rows, cols = w.shape
+    h = hessian.detach().to(w.device, torch.float32).clone()
+    dead = torch.diagonal(h) == 0  # inputs that were always zero: their weights never matter
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    hinv = inverse_hessian_factor(h, percdamp, name)
+    pruned = torch.zeros_like(w, dtype=torch.bool)
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        w1 = w[:, start:end].clone()
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[start:end, start:end]
+        d = torch.diagonal(hinv1)
+        if nm is None:
+            p1 = _select(w1.pow(2) / d.pow(2), _tile_quota(rows, start, end, allocation))
+        else:
+            p1 = torch.zeros_like(w1, dtype=torch.bool)
+        for i in range(end - start):
+            if nm is not None and i % nm[1] == 0:
+                group = slice(i, i + nm[1])
+                p1[:, group] = ~nm_mask(w1[:, group].pow(2) / d[group].pow(2), *nm)
+            col = w1[:, i]
+            q = col.masked_fill(p1[:, i], 0.0)
+            q1[:, i] = q
+            err = (col - q) / d[i]
+            w1[:, i:] -= err.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            err1[:, i] = err
+        w[:, start:end] = q1
+        w[:, end:] -= err1 @ hinv[start:end, end:]
+        pruned[:, start:end] = p1
+    return w, ~pruned
+
+
+@attrs.frozen
+class SparseGPTApplier:
+    """Prune each Linear by the OBS criterion and update its kept weights (module docstring).
+
+    ``pattern``: ``"N:M"`` semi-structured sparsity instead of the allocation's ratios.
+    ``blocksize``: columns per lazy-update block (128). ``percdamp``: dampening as a
+    fraction of the mean Hessian diagonal (0.01). ``true_sequential``: prune the groups of
+    ``order`` (unit roles) one after another, re-collecting the inputs of each group with
+    the earlier groups already pruned; units whose role is in no group are pruned first,
+    on the block's dense inputs.
+    """
+
+    blocksize: int = attrs.field(default=128, validator=_positive_int)
+    percdamp: float = attrs.field(default=0.01, validator=_damping)
+    pattern: str | None = attrs.field(default=None, validator=_pattern)
+    true_sequential: bool = False
+    order: tuple[tuple[str, ...], ...] = attrs.field(default=LLAMA_SEQUENTIAL, converter=_order)
+    requires: ClassVar[frozenset[str]] = frozenset({STAT_HESSIAN})
+
+    @property
+    def row_ratios(self) -> bool:
+        return self.pattern is None
+
+    def check(self, blocks: Sequence[Block]) -> None:
+        """Fail before any work if a unit is not a 2-D weight or N:M does not divide it."""
+        for block in blocks:
+            for unit in block.units:
+                if unit.weight.dim() != 2:
+                    raise SecateursError(
+                        f"sparsegpt prunes Linear weights; {unit.name} has shape {tuple(unit.shape)}"
+                    )
+        ZeroApplier(pattern=self.pattern).check(blocks)
+
+    def groups(self, units: Sequence[Unit]) -> list[list[Unit]]:
+        """``units`` split into the pruning steps (one step unless ``true_sequential``)."""
+        if not self.true_sequential:
+            return [list(units)]
+        listed = {role for group in self.order for role in group}
+        steps = [[u for u in units if u.role not in listed]]
+        steps += [[u for u in units if u.role in group] for group in self.order]
+        return [step for step in steps if step]
+
+    def apply(
+        self, block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
+    ) -> dict[str, torch.Tensor]:
+        if ctx.granularity != UNSTRUCTURED:
+            raise SecateursError(
+                f"sparsegpt prunes entries (unstructured or N:M), not {ctx.granularity!r}; "
+                "use the 'zero' applier for structured pruning"
+            )
+        nm = parse_nm(self.pattern) if self.pattern is not None else None
+        units = [u for u in block.units if u.name in allocation]
+        masks: dict[str, torch.Tensor] = {}
+        stats = ctx.stats
+        for step, group in enumerate(self.groups(units)):
+            if step:
+                stats = ctx.recollect(group)
+            for unit in group:
+                unit_stats = stats.get(unit.name)
+                if unit_stats is None or unit_stats.hessian is None:
+                    raise SecateursError(f"{unit.name}: sparsegpt needs the Hessian of its inputs (none collected)")
+                new, keep = sparsegpt_prune(
+                    unit.weight,
+                    unit_stats.hessian,
+                    allocation[unit.name],
+                    nm=nm,
+                    blocksize=self.blocksize,
+                    percdamp=self.percdamp,
+                    name=unit.name,
+                )
+                unit.weight.data.copy_(new.to(unit.weight.dtype))
+                masks[unit.name] = keep
+        return masks
+
+
+@hookimpl
+def secateurs_register_appliers(register) -> None:
+    register("sparsegpt", SparseGPTApplier)
