@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_causal_lm, token_batches
+from lm_models import tiny_causal_lm, token_batches
 from secateurs import find_adapter
 from secateurs.errors import SecateursError
 from secateurs.pipeline import PruneSpec, Session, capture_inputs, prune_model

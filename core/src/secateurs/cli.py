@@ -14,6 +14,9 @@ from secateurs.inspection import inspect_command
 from secateurs.plugins import KINDS, get_manager
 
 
+PLURALS = {"calibration": "calibration sources", "model": "packaged models"}
+
+
 def _parse_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -111,7 +114,7 @@ def plugins(as_json) -> None:
         for kind in KINDS:
             names = row["registered"].get(kind)
             if names:
-                click.echo(f"    {kind + 's:':<14}{', '.join(names)}")
+                click.echo(f"    {PLURALS.get(kind, kind + 's') + ':':<22}{', '.join(names)}")
     for failure in failures:
         click.echo(f"FAILED {failure['plugin']} ({failure['distribution']}): {failure['error']}", err=True)
 

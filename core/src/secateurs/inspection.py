@@ -92,10 +92,13 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"\n[{block['index']}] {block['name']}  (+{block['other_params']:,} params not pruned)")
         for u in block["units"]:
             shape = "x".join(map(str, u["shape"]))
-            lines.append(f"    {u['name']:<48} {u['role']:<16} {shape:>12} {u['params']:>12,}  sparsity {u['sparsity']:.2%}")
+            lines.append(
+                f"    {u['name']:<48} {u['role']:<16} {shape:>12} {u['params']:>12,}  sparsity {u['sparsity']:.2%}"
+            )
         for g in block["groups"]:
             lines.append(
-                f"    group {g['kind']:<9} {g['name']:<40} {g['components']:>5} components, {g['zero_components']} all-zero"
+                f"    group {g['kind']:<9} {g['name']:<40} {g['components']:>5} components, "
+                f"{g['zero_components']} all-zero"
             )
     lines.append("\nnot pruned (outside the blocks):")
     lines += [f"    {o['module']:<48} {o['params']:>12,}" for o in report["not_pruned"]]

@@ -86,7 +86,7 @@ def _companions(s: ParamSlice) -> list[str]:
     if isinstance(module, _NORMS) and s.dim == 0:
         names = [n for n, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]]
         full = getattr(module, s.param).shape[0]
-        return [n for n in names if n != s.param and getattr(module, n).dim() == 1 and getattr(module, n).shape[0] == full]
+        return [n for n in names if n != s.param and getattr(module, n).shape == (full,)]
     if isinstance(module, nn.Linear | _CONVS) and s.param == "weight" and s.dim == 0 and module.bias is not None:
         return ["bias"]
     return []

@@ -3,6 +3,14 @@ with ``self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj`` (Llama, Mistra
 and others of that layout, with grouped-query attention).
 
 Pruned: the seven linears of every decoder layer. Never: embeddings, final norm, lm_head.
+
+Structured groups per layer: ``heads`` (one component per key/value head together with
+the query heads that share it: its rows of k/v_proj, its ``n_rep`` query heads' rows of
+q_proj, and their columns of o_proj, so grouped-query attention keeps its ratio) and
+``neurons`` (a row of gate_proj and up_proj and a column of down_proj). After removal
+the config records the new sizes (``resized``): uniform sizes as ``intermediate_size``,
+``num_attention_heads``, ``num_key_value_heads`` and ``head_dim`` (plain
+``from_pretrained`` reloads them), per-layer sizes as ``secateurs_layer_sizes``.
 """
 
 from __future__ import annotations
@@ -15,8 +23,15 @@ import torch
 from torch import nn
 
 from secateurs.protocols import LoadedModel
-from secateurs.types import Block, Unit
-from secateurs_transformers.common import first_output, load_folder, model_device, read_config, save_folder
+from secateurs.types import Block, Group, ParamSlice, Unit
+from secateurs_transformers.common import (
+    first_output,
+    load_folder,
+    model_device,
+    read_config,
+    record_layer_sizes,
+    save_folder,
+)
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -40,6 +55,46 @@ def _layer_units(prefix: str, layer: nn.Module) -> tuple[Unit, ...] | None:
     return tuple(Unit(f"{prefix}.{sub[r]}.{r}", modules[r], "weight", role=r) for r in ROLES)
 
 
+def _layer_groups(prefix: str, layer: nn.Module) -> tuple[Group, ...]:
+    attn, mlp = layer.self_attn, layer.mlp
+    head_dim = attn.head_dim
+    kv_heads = attn.k_proj.out_features // head_dim
+    heads = Group(
+        f"{prefix}.self_attn.heads",
+        "heads",
+        kv_heads,
+        (
+            ParamSlice(attn.q_proj, "weight", 0),
+            ParamSlice(attn.k_proj, "weight", 0),
+            ParamSlice(attn.v_proj, "weight", 0),
+            ParamSlice(attn.o_proj, "weight", 1),
+        ),
+        {"head_dim": head_dim, "query_heads_per_component": attn.num_key_value_groups},
+    )
+    neurons = Group(
+        f"{prefix}.mlp.neurons",
+        "neurons",
+        mlp.gate_proj.out_features,
+        (
+            ParamSlice(mlp.gate_proj, "weight", 0),
+            ParamSlice(mlp.up_proj, "weight", 0),
+            ParamSlice(mlp.down_proj, "weight", 1),
+        ),
+    )
+    return heads, neurons
+
+
+def layer_sizes(layer: nn.Module) -> dict[str, int]:
+    """The sizes a decoder layer's shapes imply (config field names)."""
+    attn = layer.self_attn
+    return {
+        "intermediate_size": layer.mlp.gate_proj.out_features,
+        "num_attention_heads": attn.q_proj.out_features // attn.head_dim,
+        "num_key_value_heads": attn.k_proj.out_features // attn.head_dim,
+        "head_dim": attn.head_dim,
+    }
+
+
 @attrs.frozen
 class LlamaFamilyAdapter:
     """Adapter for LLaMA-layout causal language models (see module docstring)."""
@@ -56,8 +111,14 @@ class LlamaFamilyAdapter:
         blocks = []
         for i, layer in enumerate(layers):
             prefix = f"{base_prefix}.{i}"
-            blocks.append(Block(prefix, i, layer, _layer_units(prefix, layer)))
+            blocks.append(Block(prefix, i, layer, _layer_units(prefix, layer), _layer_groups(prefix, layer)))
         return blocks
+
+    def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None:
+        """Record the layers' new sizes in ``model.config`` (the modules need no update:
+        attention infers its head count from the projections)."""
+        sizes = [layer_sizes(layer) for layer in _layers(model)]
+        record_layer_sizes(model.config, sizes, set(sizes[0]))
 
     def forward(self, model: nn.Module, batch: Any) -> Any:
         input_ids = batch["input_ids"].to(model_device(model))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from secateurs.hookspecs import hookimpl
+from secateurs_transformers.bert import BertAdapter
 from secateurs_transformers.llama import LlamaFamilyAdapter
 from secateurs_transformers.packaged import packaged_models
 
@@ -10,6 +11,7 @@ from secateurs_transformers.packaged import packaged_models
 @hookimpl
 def secateurs_register_adapters(register) -> None:
     register("llama", LlamaFamilyAdapter)
+    register("bert", BertAdapter)
 
 
 @hookimpl

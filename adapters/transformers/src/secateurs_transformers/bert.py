@@ -1,0 +1,184 @@
+"""The BERT adapter: encoders laid out as BERT's ``encoder.layer`` (``BertModel`` and the
+``BertFor*`` heads; RoBERTa, XLM-RoBERTa, ELECTRA and others of the same layout).
+
+Pruned: per encoder layer, ``attention.self.{query,key,value}``, ``attention.output.dense``,
+``intermediate.dense`` and ``output.dense``. Never: embeddings, pooler, task head (they
+are outside the blocks; ``secateurs inspect`` reports them).
+
+Structured groups per layer: ``heads`` (a head's rows of query/key/value and columns of
+the attention output) and ``neurons`` (a row of ``intermediate.dense`` and a column of
+``output.dense``). BERT's config derives the head width from ``hidden_size /
+num_attention_heads``, so fewer heads cannot be written as config fields: after head
+removal the config records ``secateurs_layer_sizes`` and ``load`` (``secateurs.load``)
+rebuilds the layers at those sizes; a uniform ``intermediate_size`` alone reloads with
+plain ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from secateurs.protocols import LoadedModel
+from secateurs.types import Block, Group, ParamSlice, Unit
+from secateurs_transformers.common import (
+    first_output,
+    load_folder,
+    model_device,
+    read_config,
+    record_layer_sizes,
+    save_folder,
+)
+
+UNITS = {
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attention_output": "attention.output.dense",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+}
+MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "data2vec-text"})
+"""Config ``model_type``s ``load`` claims (``supports`` checks the layout of any model)."""
+HEADS = (
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+    "ForMultipleChoice",
+    "ForMaskedLM",
+    "ForPreTraining",
+    "ForNextSentencePrediction",
+)
+"""Architecture suffixes loaded with ``AutoModel<suffix>``; ``*Model`` loads with ``AutoModel``."""
+
+
+def _base_prefix(model: nn.Module) -> tuple[nn.Module, str]:
+    """The encoder-owning base model and its attribute path (``""`` for a bare BertModel)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    return (base, prefix) if isinstance(base, nn.Module) else (model, "")
+
+
+def _layers(model: nn.Module) -> tuple[nn.ModuleList, str] | None:
+    base, prefix = _base_prefix(model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or not len(layers):
+        return None
+    return layers, f"{prefix}.encoder.layer" if prefix else "encoder.layer"
+
+
+def _modules(layer: nn.Module) -> dict[str, nn.Module] | None:
+    try:
+        modules = {role: layer.get_submodule(path) for role, path in UNITS.items()}
+    except AttributeError:
+        return None
+    return modules if all(isinstance(m, nn.Linear) for m in modules.values()) else None
+
+
+def _self_attention(layer: nn.Module) -> nn.Module:
+    return layer.attention.self
+
+
+def layer_sizes(layer: nn.Module) -> dict[str, int]:
+    """The sizes an encoder layer's shapes imply (config field names)."""
+    attn = _self_attention(layer)
+    return {
+        "intermediate_size": layer.intermediate.dense.out_features,
+        "num_attention_heads": attn.query.out_features // attn.attention_head_size,
+    }
+
+
+def _groups(prefix: str, layer: nn.Module, m: dict[str, nn.Module]) -> tuple[Group, ...]:
+    heads = Group(
+        f"{prefix}.attention.heads",
+        "heads",
+        layer_sizes(layer)["num_attention_heads"],
+        (
+            ParamSlice(m["query"], "weight", 0),
+            ParamSlice(m["key"], "weight", 0),
+            ParamSlice(m["value"], "weight", 0),
+            ParamSlice(m["attention_output"], "weight", 1),
+        ),
+        {"head_dim": _self_attention(layer).attention_head_size},
+    )
+    neurons = Group(
+        f"{prefix}.neurons",
+        "neurons",
+        m["intermediate"].out_features,
+        (ParamSlice(m["intermediate"], "weight", 0), ParamSlice(m["output"], "weight", 1)),
+    )
+    return heads, neurons
+
+
+def _auto_class(architectures: list[str]) -> Any | None:
+    import transformers
+
+    for arch in architectures:
+        for suffix in HEADS:
+            if arch.endswith(suffix):
+                return getattr(transformers, f"AutoModel{suffix}")
+        if arch.endswith("Model"):
+            return transformers.AutoModel
+    return None
+
+
+@attrs.frozen
+class BertAdapter:
+    """Adapter for BERT-layout encoders (see module docstring)."""
+
+    name: str = "bert"
+
+    def supports(self, model: nn.Module) -> bool:
+        found = _layers(model)
+        return found is not None and all(
+            _modules(layer) is not None and hasattr(_self_attention(layer), "attention_head_size")
+            for layer in found[0]
+        )
+
+    def blocks(self, model: nn.Module) -> list[Block]:
+        layers, base = _layers(model)
+        blocks = []
+        for i, layer in enumerate(layers):
+            prefix, modules = f"{base}.{i}", _modules(layer)
+            units = tuple(Unit(f"{prefix}.{UNITS[r]}", m, "weight", role=r) for r, m in modules.items())
+            blocks.append(Block(prefix, i, layer, units, _groups(prefix, layer, modules)))
+        return blocks
+
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        """Run a text batch: ``{"input_ids", "attention_mask"?, "token_type_ids"?}``."""
+        device = model_device(model)
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        return model(**inputs)
+
+    def block_output(self, output: Any) -> torch.Tensor:
+        return first_output(output)
+
+    def sync(self, model: nn.Module) -> None:
+        """Set each self-attention's head count from its projections' shapes."""
+        for layer in _layers(model)[0]:
+            attn = _self_attention(layer)
+            attn.all_head_size = attn.query.out_features
+            attn.num_attention_heads = attn.all_head_size // attn.attention_head_size
+
+    def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None:
+        """Update head counts and record the layers' new sizes in ``model.config``."""
+        self.sync(model)
+        sizes = [layer_sizes(layer) for layer in _layers(model)[0]]
+        record_layer_sizes(model.config, sizes, {"intermediate_size"})
+
+    def load(self, path: Path, *, device: str, dtype: torch.dtype | None) -> LoadedModel | None:
+        config = read_config(path)
+        if config is None or config.get("model_type") not in MODEL_TYPES:
+            return None
+        auto_class = _auto_class(config.get("architectures") or [])
+        if auto_class is None:
+            return None
+        loaded = load_folder(self, path, auto_class, device=device, dtype=dtype)
+        return loaded if self.supports(loaded.model) else None
+
+    def save(self, loaded: LoadedModel, directory: Path) -> list[Path]:
+        return save_folder(loaded, directory)

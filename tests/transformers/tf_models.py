@@ -1,0 +1,111 @@
+"""Tiny random transformers models of each family the transformers adapters support.
+
+Imported by the test modules here (every directory's conftest is named ``conftest``, so
+helpers live in a uniquely named module).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from secateurs.pipeline import PruneSpec
+from secateurs.plugins import LOAD_PLUGINS_ENV, PluginManager
+from secateurs.protocols import LoadedModel
+
+
+def _root_helpers():
+    """The workspace's shared test helpers (tests/conftest.py), imported by path."""
+    spec = importlib.util.spec_from_file_location("_secateurs_root_conftest", Path(__file__).parents[1] / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tiny_causal_lm = _root_helpers().tiny_causal_lm
+
+@functools.cache
+def manager() -> PluginManager:
+    """The built-in plugins and the transformers plugin only: these tests need no other
+    plugin, and importing them all (timm, zennit...) costs seconds."""
+    saved = os.environ.get(LOAD_PLUGINS_ENV)
+    os.environ[LOAD_PLUGINS_ENV] = "transformers"
+    try:
+        return PluginManager()
+    finally:
+        if saved is None:
+            del os.environ[LOAD_PLUGINS_ENV]
+        else:
+            os.environ[LOAD_PLUGINS_ENV] = saved
+
+
+FAMILIES = ("llama", "mistral", "qwen2", "bert", "bert-cls")
+ADAPTER = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "bert": "bert", "bert-cls": "bert"}
+
+
+def tiny_bert(head: bool = False, *, layers: int = 2, seed: int = 0):
+    """A tiny random BERT: ``BertModel``, or ``BertForSequenceClassification`` (3 labels)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+    )
+    cls = transformers.BertForSequenceClassification if head else transformers.BertModel
+    return cls(config).eval()
+
+
+def tiny_model(family: str):
+    if family.startswith("bert"):
+        return tiny_bert(head=family == "bert-cls")
+    return tiny_causal_lm(family)
+
+
+def batches(family: str, n: int = 2, seqlen: int = 12, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Token batches; BERT batches carry a padding mask (the second row is shorter)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(1, 128, (2, seqlen), generator=gen)
+        batch = {"input_ids": ids}
+        if family.startswith("bert"):
+            mask = torch.ones_like(ids)
+            mask[1, seqlen // 2 :] = 0
+            batch["attention_mask"] = mask
+        out.append(batch)
+    return out
+
+
+def outputs(loaded: LoadedModel, batch) -> torch.Tensor:
+    with torch.no_grad():
+        out = loaded.adapter.forward(loaded.model, batch)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def loaded_tiny(family: str) -> LoadedModel:
+    return LoadedModel(tiny_model(family), manager().adapters.create(ADAPTER[family]), f"tiny-{family}")
+
+
+def spec(applier: str, granularity: str = "unstructured", *, sparsity: float = 0.5, scorer: str = "magnitude",
+         allocator: str = "uniform", calibration=None) -> PruneSpec:
+    """A quiet pruning run with parts from ``manager()``."""
+    m = manager()
+    return PruneSpec(
+        scorer=m.scorers.create(scorer),
+        allocator=m.allocators.create(allocator),
+        applier=m.appliers.create(applier),
+        sparsity=sparsity,
+        granularity=granularity,
+        calibration=calibration,
+        progress=False,
+    )
