@@ -162,5 +162,21 @@ def test_targets_select_parameters_for_data_free_runs():
     spec.calibration = None
     result = prune_model(loaded, spec)
     names = [u.name for u in result.units]
-    assert "model.embed_tokens" in names and not any(".layers.1." in n for n in names)
+    assert "model.embed_tokens.weight" in names and not any(".layers.1." in n for n in names)
+    assert "model.layers.0.input_layernorm.weight" in names
     assert torch.isclose((loaded.model.model.embed_tokens.weight == 0).float().mean(), torch.tensor(0.5))
+
+
+def test_targets_key_each_tensor_of_a_module_separately():
+    """A module's weight and bias are two units with their own scores and masks."""
+    loaded = _loaded("qwen2")  # q/k/v projections have biases
+    q = loaded.model.model.layers[0].self_attn.q_proj
+    torch.nn.init.normal_(q.bias)
+    spec = _spec("magnitude", targets=["model.layers.0.self_attn.q_proj.*"])
+    spec.calibration = None
+    result = prune_model(loaded, spec)
+    assert sorted(u.name for u in result.units) == [
+        "model.layers.0.self_attn.q_proj.bias",
+        "model.layers.0.self_attn.q_proj.weight",
+    ]
+    assert (q.bias == 0).sum() == q.bias.numel() // 2 and (q.weight == 0).sum() == q.weight.numel() // 2

@@ -36,6 +36,7 @@ from secateurs.protocols import (
     ScoreContext,
 )
 from secateurs.masks import keep_counts
+from secateurs.offload import materialized
 from secateurs.stats import collect_stats
 from secateurs.structured import group_numel
 from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit, UnitReport
@@ -90,7 +91,7 @@ def target_blocks(model: nn.Module, patterns: Sequence[str], exclude: Sequence[s
             fnmatch.fnmatchcase(name, p) for p in exclude
         ):
             owner, _, param = name.rpartition(".")
-            units.append(Unit(owner, modules[owner], param, role=param))
+            units.append(Unit(name, modules[owner], param, role=param, module_path=owner))
     if not units:
         raise SecateursError(f"no parameter matches targets {list(patterns)} (exclude {list(exclude)})")
     return [Block("model", 0, model, tuple(units))]
@@ -330,22 +331,30 @@ class Session:
     @contextmanager
     def trial(self, block: Block) -> Iterator[None]:
         """Restore ``block``'s parameters on exit (for allocators that try candidates)."""
-        saved = {name: p.detach().clone() for name, p in block.module.named_parameters()}
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, p in block.module.named_parameters():
-                    p.copy_(saved[name])
+        with materialized(block.module):  # offloaded blocks: real tensors while trying
+            saved = {name: p.detach().clone() for name, p in block.module.named_parameters()}
+            try:
+                yield
+            finally:
+                with torch.no_grad():
+                    for name, p in block.module.named_parameters():
+                        p.copy_(saved[name])
 
     def dense_scores(self) -> Iterator[tuple[Block, dict[str, torch.Tensor]]]:
         """One dense pass: each block with its scores on dense inputs; nothing is pruned."""
         inputs = self.inputs
         for block in self.blocks:
             stats: dict[str, InputStats] = {}
-            if not self.data_free:
-                stats, inputs = self.collect(block, inputs, keep_outputs=block is not self.blocks[-1])
-            yield block, self.score(block, stats)
+            with materialized(block.module, writeback=False):
+                if not self.data_free:
+                    stats, inputs = self.collect(
+                        block,
+                        inputs,
+                        keep_outputs=block is not self.blocks[-1],
+                        hessian=STAT_HESSIAN in self.spec.scorer.requires,  # scores only: no applier Hessians
+                    )
+                scores = self.score(block, stats)
+            yield block, scores
 
 
 def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None = None) -> PruneResult:
@@ -400,12 +409,13 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
     with torch.no_grad():
         for block in tqdm(blocks, desc="pruning", unit="block", disable=not spec.progress):
             stats: dict[str, InputStats] = {}
-            if not session.data_free:
-                stats, _ = session.collect(block, inputs)
-            masks, allocation = session.prune_block(block, stats, inputs)
-            reports += _reports(session.targets(block), masks, allocation)
-            if not session.data_free and block is not blocks[-1]:
-                inputs = session.run(block, inputs)
+            with materialized(block.module):  # no-op unless accelerate offloads the block
+                if not session.data_free:
+                    stats, _ = session.collect(block, inputs)
+                masks, allocation = session.prune_block(block, stats, inputs)
+                reports += _reports(session.targets(block), masks, allocation)
+                if not session.data_free and block is not blocks[-1]:
+                    inputs = session.run(block, inputs)
     session.timings["total"] = time.perf_counter() - start
     pruned = sum(w * r.pruned for w, r in zip(weights, reports, strict=True))
     records = dict(session.records)

@@ -22,12 +22,15 @@ class Unit:
     tensor is ``getattr(module, param)``. Rows are ``weight[r]`` (one output unit: its
     incoming weights, flattened for convolutions); 1-D tensors are a single row.
     ``role`` is the architecture role the adapter gives it (``q_proj``, ``fc1``, ``conv``...).
+    ``name`` is unique within a run; when it is not the module path (units made from
+    parameter names, one per tensor), ``module_path`` holds the module path.
     """
 
     name: str
     module: nn.Module
     param: str = "weight"
     role: str = ""
+    module_path: str | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -36,7 +39,8 @@ class Unit:
     @property
     def qualified_name(self) -> str:
         """The state-dict key of the pruned tensor."""
-        return f"{self.name}.{self.param}" if self.name else self.param
+        path = self.name if self.module_path is None else self.module_path
+        return f"{path}.{self.param}" if path else self.param
 
     @property
     def shape(self) -> torch.Size:

