@@ -24,7 +24,9 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``("scorer.comparison=row", "sparsity=0.6")`` → dotted keys with TOML-parsed values
+    (a value that is not TOML stays a string). Plugins' commands reuse it for ``--set``."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -54,7 +56,7 @@ def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> No
     from secateurs.recipe import load_recipe
     from secateurs.run import prune as run_prune
 
-    overrides = _overrides(sets)
+    overrides = parse_overrides(sets)
     for key, value in (("model", model), ("output", output), ("sparsity", sparsity), ("device", device)):
         if value is not None:
             overrides[key] = value
@@ -83,7 +85,7 @@ def eval_(model, evaluator, sets, device, as_json) -> None:
     """Measure MODEL (a path or packaged name) with an evaluator (default: perplexity)."""
     from secateurs.run import evaluate
 
-    metrics = evaluate(model, evaluator, device=device, **_overrides(sets))
+    metrics = evaluate(model, evaluator, device=device, **parse_overrides(sets))
     if as_json:
         click.echo(json.dumps(metrics))
     else:

@@ -1,0 +1,98 @@
+"""Shared helpers of the LRP benchmarks: the Fashion-MNIST models and data splits, the
+machine description, and atomic JSON results.
+
+Evaluation images come from the Fashion-MNIST test split, permuted once (seed 1234):
+the first ``tune`` images are the held-out subset the composite search optimises on,
+the next ``test`` images measure every curve (disjoint from the tuning images).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import attrs
+import torch
+
+from secateurs.loading import load
+from secateurs.plugins import get_manager
+from secateurs.protocols import LoadedModel
+from secateurs_lrp.curve import CurveParts
+from secateurs_timm.base import spec_of
+from secateurs_timm.data import load_split, preprocess
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+REFERENCE_SAMPLES, PER_CLASS = 300, 10
+KINDS = {"vgg": ("channels",), "resnet": ("channels",), "vit": ("neurons", "heads")}
+
+
+@functools.cache
+def _test_images(input_size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = load_split("test")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1234))
+    return preprocess(images[order], input_size), labels[order]
+
+
+@attrs.define
+class SplitAccuracy:
+    """Top-1 accuracy on test images ``[start, start + count)`` of the fixed permutation."""
+
+    start: int
+    count: int
+    batch_size: int = 500
+
+    def evaluate(self, loaded: LoadedModel) -> dict[str, float]:
+        images, labels = _test_images(tuple(spec_of(loaded).input_size))
+        images = images[self.start : self.start + self.count]
+        labels = labels[self.start : self.start + self.count]
+        correct = 0
+        with torch.no_grad():
+            for x, y in zip(images.split(self.batch_size), labels.split(self.batch_size), strict=True):
+                correct += int((loaded.adapter.forward(loaded.model, x).argmax(-1) == y).sum())
+        return {"accuracy": correct / len(labels)}
+
+
+def curve_setup(model: str, kind: str, evaluator, scorer: str = "lrp", params: dict | None = None) -> CurveParts:
+    """The packaged Fashion-MNIST ``model`` (vgg / resnet / vit) pruned by ``kind`` with the
+    global allocator and the zero applier; reference set: 10 per class of 300 training images."""
+    manager = get_manager()
+    loaded = load(f"fashion-mnist-{model}", manager=manager)
+    calibration = manager.calibration_sources.create("images", nsamples=REFERENCE_SAMPLES, batch_size=50, seed=0)
+    return CurveParts(
+        loaded=loaded,
+        make_scorer=lambda: manager.scorers.create(scorer, **(params or {})),
+        make_allocator=lambda: manager.allocators.create("global"),
+        make_applier=lambda: manager.appliers.create("zero"),
+        calibration=calibration.batches(loaded),
+        evaluator=evaluator,
+        granularity=kind,
+        seed=0,
+    )
+
+
+def machine() -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def write_results(name: str, payload: dict) -> Path:
+    """Write ``benchmarks/results/<name>.json`` atomically and return its path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    target = RESULTS / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=RESULTS)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"machine": machine(), **payload}, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, target)
+    return target

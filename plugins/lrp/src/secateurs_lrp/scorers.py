@@ -1,0 +1,167 @@
+"""Structured scorers from attributions: ``lrp`` (relevance) and ``taylor`` (activation ×
+gradient of the loss).
+
+Attribution is a whole-model computation, so these scorers implement the optional
+``prepare(loaded, calibration)`` step the pipeline calls once before anything is
+pruned: it selects a labelled reference set from the calibration batches, runs one
+batched attribution pass over it, and caches one score per component of every group of
+the model. ``score_group`` then serves the cache by group name.
+
+Where a group is read: conv output channels and MLP neurons at the output of the
+group's producing layer (its first slice, on dim 0: the conv or ``fc1``); attention
+heads at the softmax output of the attention whose ``qkv`` the group slices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+import torch
+from torch import nn
+
+from secateurs.errors import SecateursError
+from secateurs.protocols import LoadedModel, ScoreContext
+from secateurs.types import Group, Unit
+from secateurs_lrp.canonizers import canonized, canonizers_for
+from secateurs_lrp.composites import CompositeSpec, unhandled_layers
+from secateurs_lrp.library import resolve_composite
+from secateurs_lrp.relevance import collect, loss_seed, one_hot_seed, reference_set
+
+
+def _positive(_inst, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+def probe_resolver(model: nn.Module, groups: Sequence[Group]) -> Callable[[nn.Module], dict[str, nn.Module]]:
+    """Group name → the module whose output is read, resolved when called (inside the
+    canonizers, which add the attention probes)."""
+    by_qkv = {id(m.qkv): m for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")}
+    targets: dict[str, tuple[nn.Module, bool]] = {}
+    for group in groups:
+        first = group.slices[0]
+        if group.kind == "heads":
+            if id(first.module) not in by_qkv:
+                raise SecateursError(f"group {group.name!r}: no attention module owns its qkv projection")
+            targets[group.name] = (by_qkv[id(first.module)], True)
+        elif first.dim == 0:
+            targets[group.name] = (first.module, False)
+        else:
+            raise SecateursError(f"group {group.name!r}: its first slice is not a layer's outputs (dim 0)")
+
+    def resolve(_model: nn.Module) -> dict[str, nn.Module]:
+        out = {}
+        for name, (module, heads) in targets.items():
+            if heads and not hasattr(module, "lrp_probe"):
+                raise SecateursError(f"group {name!r}: heads need the explicit-attention canonizer (timm ViT)")
+            out[name] = module.lrp_probe if heads else module
+        return out
+
+    return resolve
+
+
+def model_classes(loaded: LoadedModel) -> int:
+    classes = getattr(loaded.model, "num_classes", None)
+    if not isinstance(classes, int) or classes <= 0:
+        raise SecateursError("cannot tell how many classes the model has; set the scorer's `classes`")
+    return classes
+
+
+@attrs.define
+class AttributionScorer:
+    """Base of ``lrp`` and ``taylor``: the reference set, the cache, ``score_group``."""
+
+    samples_per_class: int = attrs.field(default=10, validator=_positive)
+    batch_size: int = attrs.field(default=32, validator=_positive)
+    classes: int | None = None
+    requires: ClassVar[frozenset[str]] = frozenset()
+    comparison: ClassVar[str] = "matrix"
+    selects: ClassVar[bool] = False
+    cache: dict[str, torch.Tensor] = attrs.field(factory=dict, init=False, repr=False)
+    seconds: float = attrs.field(default=0.0, init=False)
+
+    def prepare(self, loaded: LoadedModel, calibration: Sequence[Any] | None) -> None:
+        """Score every group of the model once (see module docstring)."""
+        if not calibration:
+            raise SecateursError(
+                f"the {type(self).__name__} needs a labelled reference set: add a [calibration] source "
+                "giving (images, labels) batches (e.g. name = \"images\", nsamples = 300)"
+            )
+        classes = self.classes or model_classes(loaded)
+        batches = reference_set(calibration, self.samples_per_class, classes, self.batch_size)
+        groups = [g for block in loaded.adapter.blocks(loaded.model) for g in block.groups]
+        if not groups:
+            raise SecateursError(f"the {loaded.adapter.name!r} adapter defines no structured groups for this model")
+        start = time.perf_counter()
+        self.cache = self.attribute(loaded, batches, probe_resolver(loaded.model, groups))
+        self.seconds = time.perf_counter() - start
+
+    def attribute(self, loaded: LoadedModel, batches, probes) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def score(self, unit: Unit, ctx: ScoreContext) -> torch.Tensor:
+        raise SecateursError(
+            "attribution scorers score structured components: set the recipe's granularity to "
+            "'channels', 'neurons' or 'heads'"
+        )
+
+    def score_group(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
+        if group.name not in self.cache:
+            raise SecateursError(
+                f"no attribution for group {group.name!r}: the scorer's prepare step did not run on this model"
+            )
+        scores = self.cache[group.name]
+        if scores.numel() != group.size:
+            raise SecateursError(f"group {group.name!r} has {group.size} components but {scores.numel()} scores")
+        return scores
+
+
+def _forward(loaded: LoadedModel):
+    return lambda model, x: loaded.adapter.forward(model, x)
+
+
+@attrs.define
+class LrpScorer(AttributionScorer):
+    """``lrp``: ``Σ_samples |R|`` of each component, R read at the layer output with the
+    ``composite`` (a name: ``epsilon``, a zennit composite, a saved tuned composite, a
+    JSON path; or an inline table, see ``CompositeSpec``)."""
+
+    composite: str | Mapping[str, Any] = "epsilon"
+    spec: CompositeSpec = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.spec = resolve_composite(self.composite)
+
+    def attribute(self, loaded: LoadedModel, batches, probes) -> dict[str, torch.Tensor]:
+        model = loaded.model
+        composite = self.spec.build(model)
+        with composite.context(model):
+            bad = unhandled_layers(model, composite)
+        if bad:
+            raise SecateursError(
+                f"the LRP composite cannot handle these layers of the model: {', '.join(bad)}; "
+                "supported: timm VGG, ResNet (BasicBlock/Bottleneck) and plain ViT blocks"
+            )
+        return collect(model, batches, probes, context=composite.context, seed=one_hot_seed, forward=_forward(loaded))
+
+
+@attrs.define
+class TaylorScorer(AttributionScorer):
+    """``taylor``: ``Σ_samples |Σ_positions a · ∂L/∂a|`` per component, L the
+    cross-entropy of the true class (Molchanov et al.'s first-order Taylor criterion)."""
+
+    def attribute(self, loaded: LoadedModel, batches, probes) -> dict[str, torch.Tensor]:
+        model = loaded.model
+        plain = canonizers_for(model, relevance=False)
+        return collect(
+            model,
+            batches,
+            probes,
+            context=lambda m: canonized(m, plain),
+            seed=loss_seed,
+            times_activation=True,
+            forward=_forward(loaded),
+        )
