@@ -1,0 +1,145 @@
+"""What the three timm adapters share: image batches, loading and saving, block naming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from secateurs.errors import SecateursError
+from secateurs.protocols import LoadedModel
+from secateurs.types import Block, Group, ParamSlice, Unit
+from secateurs_timm.shapes import sync_attributes
+from secateurs_timm.spec import TimmSpec, infer_spec
+from secateurs_timm.storage import DESCRIPTION, is_saved_model, load_model, save_model
+
+SPEC_KEY = "timm_spec"
+
+
+def images_of(batch: Any) -> torch.Tensor:
+    """The image tensor of a calibration batch: a tensor ``[B, C, H, W]``, or a tuple/list
+    ``(images, labels)``, or a mapping with an ``"images"`` entry."""
+    if isinstance(batch, torch.Tensor):
+        images = batch
+    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        images = batch[0]
+    elif isinstance(batch, dict) and isinstance(batch.get("images"), torch.Tensor):
+        images = batch["images"]
+    else:
+        raise SecateursError(
+            "a timm model takes image batches: a [B, C, H, W] tensor, (images, labels), or "
+            f"{{'images': tensor}}; got {type(batch).__name__}"
+        )
+    if images.dim() != 4:
+        raise SecateursError(f"image batches must be [B, C, H, W]; got shape {tuple(images.shape)}")
+    return images
+
+
+def spec_of(loaded: LoadedModel) -> TimmSpec:
+    """The model's ``TimmSpec``: the one it was loaded with, or inferred from timm's config."""
+    spec = loaded.extra.get(SPEC_KEY)
+    return spec if isinstance(spec, TimmSpec) else infer_spec(loaded.model)
+
+
+def unit(model_modules: dict[nn.Module, str], module: nn.Module, role: str, param: str = "weight") -> Unit:
+    return Unit(model_modules[module], module, param, role)
+
+
+def slices(module: nn.Module, dim: int, params: tuple[str, ...] = ("weight", "bias"), **span: int) -> list[ParamSlice]:
+    """The slices of ``module``'s ``params`` that exist (bias may be None)."""
+    return [ParamSlice(module, p, dim, **span) for p in params if getattr(module, p, None) is not None]
+
+
+def channel_group(names: dict[nn.Module, str], conv: nn.Module, norm: nn.Module | None, consumer: nn.Module) -> Group:
+    """Output channels of ``conv`` (a Conv2d or Linear) with its BatchNorm's channels and
+    the input channels of ``consumer`` (the next conv or linear).
+
+    Only parameters are listed (so a weight-norm score sees weights, not statistics); the
+    norm's running statistics are cut and zeroed with them as companions
+    (``secateurs.structured.coupled_slices``)."""
+    parts = slices(conv, 0)
+    if norm is not None:
+        parts += slices(norm, 0)
+    parts += slices(consumer, 1, ("weight",))
+    return Group(
+        f"{names[conv]}.channels",
+        "channels",
+        conv.weight.shape[0],
+        tuple(parts),
+        {"producer": names[conv], "norm": names.get(norm), "consumer": names[consumer]},
+    )
+
+
+class TimmAdapter:
+    """Base of the timm adapters. Subclasses set ``name``, ``model_class`` and ``families``
+    (timm module names of the architectures they load) and implement ``blocks``."""
+
+    name: str = ""
+    model_class: type[nn.Module] = nn.Module
+    families: tuple[str, ...] = ()
+
+    def supports(self, model: nn.Module) -> bool:
+        return isinstance(model, self.model_class)
+
+    def blocks(self, model: nn.Module) -> list[Block]:
+        raise NotImplementedError
+
+    def check(self, model: nn.Module) -> dict[nn.Module, str]:
+        """Raise unless this adapter supports ``model``; return module → qualified name."""
+        if not self.supports(model):
+            raise SecateursError(
+                f"the {self.name!r} adapter does not support {type(model).__name__}; "
+                f"it handles timm {self.model_class.__name__} models"
+            )
+        return {m: n for n, m in model.named_modules()}
+
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        param = next(model.parameters())
+        return self.run(model, images_of(batch).to(param.device, param.dtype))
+
+    def run(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The model's forward on preprocessed images, calling every block module once:
+        ``model(images)``, or, when the blocks are views (``sequence``), the views in turn."""
+        sequence = self.sequence(model)
+        if sequence is None:
+            return model(images)
+        x = images
+        for module in sequence:
+            x = module(x)
+        return x
+
+    def sequence(self, model: nn.Module) -> list[nn.Module] | None:
+        """The block modules whose chain is the whole forward, when the model's own forward
+        does not call them (views); ``None`` when it does."""
+        return None
+
+    def block_output(self, output: Any) -> torch.Tensor:
+        return output
+
+    def load(self, path: Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel | None:
+        path = Path(path)
+        if not is_saved_model(path) or not self._owns(path):
+            return None
+        model, spec = load_model(path, device=device, dtype=dtype)
+        if not self.supports(model):
+            return None
+        return LoadedModel(model, self, str(path), extra={SPEC_KEY: spec})
+
+    def _owns(self, path: Path) -> bool:
+        try:
+            name = json.loads((path / DESCRIPTION).read_text())["timm_model"]
+            return timm.models.model_entrypoint(name).__module__ in self.families
+        except (OSError, ValueError, KeyError, RuntimeError):
+            return False
+
+    def save(self, loaded: LoadedModel, directory: Path) -> list[Path]:
+        return save_model(loaded.model, spec_of(loaded), directory)
+
+    def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None:
+        """Called by the ``remove`` applier after ``group`` lost components: updates
+        timm's head counts and head widths (the saved shapes carry the rest)."""
+        sync_attributes(model)

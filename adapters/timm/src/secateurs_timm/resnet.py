@@ -1,0 +1,75 @@
+"""timm ``ResNet`` with BasicBlock / Bottleneck: blocks = stem, every residual block, head.
+
+Groups "channels" cover only a residual block's inner channels (BasicBlock: conv1 → bn1
+→ conv2 input; Bottleneck: conv1 and conv2 likewise); the residual width is shared by
+every block of a stage and the stem, so it is not a group.
+"""
+
+from __future__ import annotations
+
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from torch import nn
+
+from secateurs.types import Block, Group, Unit
+from secateurs_timm.base import TimmAdapter, channel_group, unit
+from secateurs_timm.views import view
+
+
+def _convs(module: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def _inner_groups(names: dict[nn.Module, str], block: nn.Module) -> tuple[Group, ...]:
+    """The free channel groups of a residual block (none when anti-aliasing or grouped
+    convolutions mix the inner channels)."""
+    if not isinstance(block.aa, nn.Identity):
+        return ()
+    chain = [(block.conv1, block.bn1, block.conv2)]
+    if isinstance(block, Bottleneck):
+        chain.append((block.conv2, block.bn2, block.conv3))
+    return tuple(
+        channel_group(names, conv, norm, nxt)
+        for conv, norm, nxt in chain
+        if conv.groups == 1 and nxt.groups == 1 and isinstance(norm, nn.BatchNorm2d)
+    )
+
+
+class ResNetAdapter(TimmAdapter):
+    name = "resnet"
+    model_class = ResNet
+    families = ("timm.models.resnet",)
+
+    def supports(self, model: nn.Module) -> bool:
+        return isinstance(model, ResNet) and all(
+            isinstance(b, (BasicBlock, Bottleneck)) for b in self._residual(model)
+        )
+
+    @staticmethod
+    def _residual(model: ResNet) -> list[nn.Module]:
+        return [b for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
+
+    def blocks(self, model: nn.Module) -> list[Block]:
+        names = self.check(model)
+        stem_units = tuple(unit(names, c, "stem") for m in (model.conv1, model.maxpool) for c in _convs(m))
+        out = [Block("stem", 0, self._stem(model), stem_units)]
+        for block in self._residual(model):
+            units = [unit(names, block.conv1, "conv1"), unit(names, block.conv2, "conv2")]
+            if isinstance(block, Bottleneck):
+                units.append(unit(names, block.conv3, "conv3"))
+            if block.downsample is not None:
+                units += [unit(names, c, "downsample") for c in _convs(block.downsample)]
+            out.append(Block(names[block], len(out), block, tuple(units), _inner_groups(names, block)))
+        head_units: tuple[Unit, ...] = (unit(names, model.fc, "classifier"),) if isinstance(model.fc, nn.Linear) else ()
+        out.append(Block("head", len(out), self._head(model), head_units))
+        return out
+
+    def sequence(self, model: nn.Module) -> list[nn.Module]:
+        return [self._stem(model), *self._residual(model), self._head(model)]
+
+    @staticmethod
+    def _stem(model: ResNet) -> nn.Module:
+        return view(model, "stem", [model.conv1, model.bn1, model.act1, model.maxpool])
+
+    @staticmethod
+    def _head(model: ResNet) -> nn.Module:
+        return view(model, "head", [model.global_pool, model.fc])

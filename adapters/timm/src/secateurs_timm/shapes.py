@@ -1,0 +1,86 @@
+"""Keep a timm model's module attributes consistent with its tensor shapes.
+
+Structured removal slices tensors; timm modules also carry sizes as attributes
+(``Attention.num_heads``, ``Conv2d.out_channels``...) that their forward reads.
+``sync_attributes`` rewrites them from the tensors; ``resize_to`` gives a freshly
+created model the recorded shapes of a shrunk one, so its state loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from timm.layers import Attention, ClassifierHead
+from torch import nn
+
+from secateurs.errors import SecateursError
+from secateurs.structured import resize_tensor, sync_sizes
+
+
+def sync_attributes(model: nn.Module) -> None:
+    """Rewrite size attributes of every module from its current tensors (idempotent):
+    standard layers (``secateurs.structured.sync_sizes``), then timm's attention head
+    counts, classifier-head widths and model-level feature counts."""
+    for module in model.modules():
+        sync_sizes(module)
+    for module in model.modules():
+        if isinstance(module, Attention):
+            _sync_attention(module)
+        elif isinstance(module, ClassifierHead) and isinstance(module.fc, nn.Linear):
+            module.in_features = module.num_features = module.fc.in_features
+    _sync_model(model)
+
+
+def _sync_attention(attn: Attention) -> None:
+    attn_dim = attn.proj.in_features
+    if attn_dim % attn.head_dim:
+        raise SecateursError(
+            f"attention output width {attn_dim} is not a multiple of head_dim {attn.head_dim}: "
+            "heads must be removed whole"
+        )
+    attn.attn_dim = attn_dim
+    attn.num_heads = attn_dim // attn.head_dim
+
+
+def _sync_model(model: nn.Module) -> None:
+    """Model-level widths timm keeps for reference (VGG ``num_features``, heads)."""
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential):
+        convs = [m for m in features if isinstance(m, nn.Conv2d)]
+        if convs:
+            model.num_features = convs[-1].out_channels
+    head = getattr(model, "head", None)
+    if isinstance(head, ClassifierHead) and hasattr(model, "head_hidden_size"):
+        model.head_hidden_size = head.num_features
+
+
+def resize_to(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Give every parameter and buffer of ``model`` the shape recorded in ``shapes``
+    (state-dict key → shape), with uninitialised values, then sync the attributes.
+
+    Raises when the keys or kernel sizes differ: the recorded model has another layout.
+    """
+    state = model.state_dict(keep_vars=True)
+    missing = sorted(set(shapes) - set(state))
+    extra = sorted(set(state) - set(shapes))
+    if missing or extra:
+        raise SecateursError(
+            "the saved model's tensors do not match the timm architecture it names: "
+            f"missing in the rebuilt model {missing[:5]}, not in the saved model {extra[:5]}"
+        )
+    reshaped = [k for k, t in state.items() if t.dim() > 2 and tuple(t.shape[2:]) != tuple(shapes[k][2:])]
+    if reshaped:
+        raise SecateursError(
+            f"the saved model's kernels differ from the timm architecture it names ({reshaped[:3]}): "
+            "only channel counts may differ; record the architecture patches it was built with"
+        )
+    modules = dict(model.named_modules())
+    for key in state:
+        owner, _, attr = key.rpartition(".")
+        resize_tensor(modules[owner], attr, shapes[key])
+    sync_attributes(model)
+
+
+def shapes_of(model: nn.Module) -> dict[str, list[int]]:
+    """State-dict key → shape, as recorded in the saved JSON."""
+    return {k: list(v.shape) for k, v in model.state_dict().items()}

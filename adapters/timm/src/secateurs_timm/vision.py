@@ -1,0 +1,59 @@
+"""Fashion-MNIST as a calibration source (``images``) and an evaluator (``accuracy``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+from secateurs.errors import SecateursError
+from secateurs.protocols import LoadedModel
+from secateurs_timm.base import spec_of
+from secateurs_timm.data import preprocess, subset
+from secateurs_timm.train import accuracy
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+@attrs.frozen
+class ImageCalibration:
+    """``nsamples`` Fashion-MNIST training images (seeded), in batches of ``batch_size``,
+    resized and replicated to the model's input size. Batches are ``(images, labels)``."""
+
+    nsamples: int = attrs.field(default=128, validator=_positive)
+    batch_size: int = attrs.field(default=32, validator=_positive)
+    seed: int = 0
+    split: str = "train"
+
+    def batches(self, loaded: LoadedModel) -> list[Any]:
+        images, labels = subset(self.split, self.nsamples, self.seed)
+        x = preprocess(images, spec_of(loaded).input_size)
+        return list(zip(x.split(self.batch_size), labels.split(self.batch_size), strict=True))
+
+
+@attrs.frozen
+class AccuracyEvaluator:
+    """Top-1 accuracy on ``samples`` Fashion-MNIST test images (all 10,000 when None),
+    drawn with ``seed``."""
+
+    samples: int | None = None
+    seed: int = 0
+    batch_size: int = attrs.field(default=256, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.samples is not None and (not isinstance(self.samples, int) or self.samples <= 0):
+            raise ValueError(f"samples must be a positive integer or omitted, got {self.samples!r}")
+
+    def evaluate(self, loaded: LoadedModel) -> dict[str, float]:
+        spec = spec_of(loaded)
+        head = getattr(loaded.model, "num_classes", 10)
+        if head != 10:
+            raise SecateursError(f"the accuracy evaluator scores 10 Fashion-MNIST classes; this model has {head}")
+        with torch.no_grad():
+            top1 = accuracy(loaded.model, spec.input_size, samples=self.samples, seed=self.seed,
+                            batch_size=self.batch_size, forward=loaded.adapter.forward)
+        return {"accuracy": top1}
