@@ -8,12 +8,8 @@ the next ``test`` images measure every curve (disjoint from the tuning images).
 
 from __future__ import annotations
 
-import datetime
 import functools
-import json
-import os
-import platform
-import tempfile
+import sys
 from pathlib import Path
 
 import attrs
@@ -26,7 +22,9 @@ from secateurs_lrp.curve import CurveParts
 from secateurs_timm.base import spec_of
 from secateurs_timm.data import load_split, preprocess
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_io import RESULTS, machine, write_results  # noqa: E402,F401
+
 REFERENCE_SAMPLES, PER_CLASS = 300, 10
 KINDS = {"vgg": ("channels",), "resnet": ("channels",), "vit": ("neurons", "heads")}
 
@@ -73,26 +71,3 @@ def curve_setup(model: str, kind: str, evaluator, scorer: str = "lrp", params: d
         granularity=kind,
         seed=0,
     )
-
-
-def machine() -> dict:
-    return {
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "date": datetime.date.today().isoformat(),
-    }
-
-
-def write_results(name: str, payload: dict) -> Path:
-    """Write ``benchmarks/results/<name>.json`` atomically and return its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    target = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=RESULTS)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"machine": machine(), **payload}, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, target)
-    return target

@@ -28,12 +28,46 @@ def keep_counts(allocation: UnitAllocation, rows: int, width: int) -> torch.Tens
     return width - pruned_count(width, allocation.row_sparsity(rows))
 
 
+_FEW_KEEPS = 4
+
+
 def rows_topk(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Keep the ``keep[r]`` highest scores of every row of a ``[R, n]`` tensor."""
+    """Keep the ``keep[r]`` highest scores of every row of a ``[R, n]`` tensor.
+
+    Ties go to the earlier position (as a stable descending sort). When rows share a few
+    keep counts (uniform rows), each set of rows uses a selection (``kthvalue``) instead
+    of a full sort: the same mask, about 2x faster on CPU.
+    """
+    counts = keep.unique()
+    if counts.numel() <= _FEW_KEEPS and scores.is_floating_point() and not torch.isnan(scores).any():
+        if counts.numel() == 1:
+            return _threshold_topk(scores, int(counts[0]))
+        mask = torch.empty_like(scores, dtype=torch.bool)
+        rows_of = keep.to(scores.device)
+        for count in counts.tolist():
+            rows = rows_of == count
+            mask[rows] = _threshold_topk(scores[rows], count)
+        return mask
     keep = keep.to(scores.device).view(-1, 1)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
     ranks_kept = torch.arange(scores.shape[1], device=scores.device).view(1, -1) < keep
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, ranks_kept)
+
+
+def _threshold_topk(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """``rows_topk`` with one keep count for every row: the ``n - keep``-th smallest score
+    of a row is its threshold; entries above it are kept, and of the entries equal to it
+    the earliest ones, up to ``keep``."""
+    width = scores.shape[1]
+    if keep >= width:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if keep <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    threshold = torch.kthvalue(scores, width - keep, dim=1, keepdim=True).values
+    mask = scores > threshold
+    tied = scores == threshold
+    room = keep - mask.sum(1, keepdim=True)
+    return mask | (tied & (torch.cumsum(tied, 1) <= room))
 
 
 def matrix_topk(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -118,6 +118,8 @@ class Recipe:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
+    max_memory: int | str | dict[str, int | str] | None = None  # offload: budget ("2GiB" or {device = size})
+    offload_folder: str | None = None  # offload: where blocks that do not fit go (default: temp dir)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
@@ -130,7 +132,7 @@ class Recipe:
         missing = [k for k in ("model", "scorer", "sparsity") if k not in data]
         if missing:
             raise SecateursError(f"recipe is missing required key {missing[0]!r}")
-        for key in ("model", "output", "reference_model", "adapter", "device", "dtype", "granularity"):
+        for key in ("model", "output", "reference_model", "adapter", "device", "dtype", "granularity", "offload_folder"):
             if key in data and data[key] is not None and not isinstance(data[key], str):
                 raise SecateursError(f"recipe key {key!r} must be a string, got {data[key]!r}")
         return cls(**data)

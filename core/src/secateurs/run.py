@@ -12,6 +12,7 @@ import torch
 
 from secateurs.errors import SecateursError
 from secateurs.loading import load
+from secateurs.offload import dispatch
 from secateurs.outputs import atomic_output_dir, check_output_dir
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.plugins import PluginManager, get_manager
@@ -108,7 +109,12 @@ def prune(
         check_output_dir(Path(recipe.output).expanduser(), overwrite)
 
     started = time.perf_counter()
-    loaded = load(recipe.model, device=recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager)
+    offload = recipe.max_memory is not None  # load in RAM, then let accelerate offload what does not fit
+    loaded = load(
+        recipe.model, device="cpu" if offload else recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager
+    )
+    if offload:
+        dispatch(loaded, max_memory=recipe.max_memory, offload_folder=recipe.offload_folder, device=recipe.device)
     load_seconds = time.perf_counter() - started
     blocks = loaded.adapter.blocks(loaded.model)
     before = parts.evaluator.evaluate(loaded) if parts.evaluator else None

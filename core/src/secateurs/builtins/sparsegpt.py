@@ -19,7 +19,8 @@ prunes exactly ``floor(in · s_r)`` entries (compared within the row).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import ClassVar
 
 import attrs
@@ -95,6 +96,22 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, name: str) ->
     )
 
 
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run on one CPU thread: the per-column loop's kernels are so small that thread-pool
+    hand-offs cost more than they do (20x slower on a busy 2-core machine), and switching
+    the thread count per tile is itself costly. Restored on exit."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _tile_quota(rows: int, start: int, end: int, allocation: UnitAllocation) -> torch.Tensor:
     """Entries to prune in columns ``[start, end)``: one count for the tile (no per-row
     ratios) or one per row, cumulative so that the unit's totals are exact."""
@@ -132,6 +149,19 @@ def sparsegpt_prune(
     ``weight`` is not modified; the result is float32 on its device. ``nm`` overrides the
     allocation (N kept of every M consecutive columns of a row).
     """
+    with _one_cpu_thread(weight.device):
+        return _sparsegpt(weight, hessian, allocation, nm, blocksize, percdamp, name)
+
+
+def _sparsegpt(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    allocation: UnitAllocation,
+    nm: tuple[int, int] | None,
+    blocksize: int,
+    percdamp: float,
+    name: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     w = weight.detach().float().clone()
     rows, cols = w.shape
     h = hessian.detach().to(w.device, torch.float32).clone()
@@ -143,26 +173,25 @@ def sparsegpt_prune(
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
         w1 = w[:, start:end].clone()
-        q1 = torch.zeros_like(w1)
-        err1 = torch.zeros_like(w1)
         hinv1 = hinv[start:end, start:end]
         d = torch.diagonal(hinv1)
         if nm is None:
             p1 = _select(w1.pow(2) / d.pow(2), _tile_quota(rows, start, end, allocation))
         else:
             p1 = torch.zeros_like(w1, dtype=torch.bool)
-        for i in range(end - start):
-            if nm is not None and i % nm[1] == 0:
-                group = slice(i, i + nm[1])
-                p1[:, group] = ~nm_mask(w1[:, group].pow(2) / d[group].pow(2), *nm)
-            col = w1[:, i]
-            q = col.masked_fill(p1[:, i], 0.0)
-            q1[:, i] = q
-            err = (col - q) / d[i]
-            w1[:, i:] -= err.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
-            err1[:, i] = err
-        w[:, start:end] = q1
-        w[:, end:] -= err1 @ hinv[start:end, end:]
+        # err of column i = (w − q) / d_i = w · pruned / d_i; columns of err1ᵀ are contiguous rows
+        scale = p1 / d
+        err1t = torch.empty(end - start, rows, dtype=w.dtype, device=w.device)
+        with _one_cpu_thread(w.device):
+            for i in range(end - start):
+                if nm is not None and i % nm[1] == 0:
+                    group = slice(i, i + nm[1])
+                    p1[:, group] = ~nm_mask(w1[:, group].pow(2) / d[group].pow(2), *nm)
+                    scale[:, group] = p1[:, group] / d[group]
+                torch.mul(w1[:, i], scale[:, i], out=err1t[i])
+                w1[:, i:].addr_(err1t[i], hinv1[i, i:], alpha=-1.0)  # leaves column i at q
+        w[:, start:end] = w1.masked_fill_(p1, 0.0)  # pruned entries exactly zero
+        w[:, end:].addmm_(err1t.T, hinv[start:end, end:], alpha=-1.0)
         pruned[:, start:end] = p1
     return w, ~pruned
 
@@ -227,7 +256,9 @@ class SparseGPTApplier:
             for unit in group:
                 unit_stats = stats.get(unit.name)
                 if unit_stats is None or unit_stats.hessian is None:
-                    raise SecateursError(f"{unit.name}: sparsegpt needs the Hessian of its inputs (none collected)")
+                    raise SecateursError(
+                        f"{unit.name}: sparsegpt needs the Hessian of its inputs (none collected)"
+                    )
                 new, keep = sparsegpt_prune(
                     unit.weight,
                     unit_stats.hessian,

@@ -1,0 +1,220 @@
+"""Pruning models dispatched with accelerate's big-model support (``device_map`` / offload).
+
+A dispatched model keeps the weights of offloaded modules on the ``meta`` device;
+accelerate's hooks load them from a weights map before each forward and drop them after.
+Scorers read a block's weights and appliers write them, so the pipeline wraps each
+block in ``materialized(block.module)``: inside, the block's offloaded weights are real
+tensors on its execution device and the hooks leave them in place; on exit the (pruned)
+values are saved to a secateurs-owned safetensors file that the hook reads from from
+then on (the original offload storage, possibly the user's checkpoint, is never
+written), and the tensors go back to ``meta``. Memory: the resident part of the model
+plus one block, as in accelerate's own forward. Models without offload hooks are
+untouched (``materialized`` is then a no-op), and accelerate is imported only when a
+model uses it.
+
+``dispatch(loaded, max_memory=..., offload_folder=...)`` offloads a loaded model to fit
+a memory budget (recipe keys ``max_memory`` and ``offload_folder``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from secateurs.errors import SecateursError
+from secateurs.protocols import LoadedModel
+
+MaxMemory = int | str | Mapping[str, int | str]
+
+
+def _offload_hooks(module: nn.Module) -> list[tuple[nn.Module, Any]]:
+    """(module, hook) for every active offloading accelerate hook in ``module``'s tree."""
+    found = []
+    for sub in module.modules():
+        hook = getattr(sub, "_hf_hook", None)
+        for h in getattr(hook, "hooks", (hook,)) if hook is not None else ():
+            if getattr(h, "offload", False) and getattr(h, "weights_map", None) is not None:
+                found.append((sub, h))
+    return found
+
+
+def _hook_keys(module: nn.Module, hook: Any) -> list[str]:
+    """The tensor names the hook loads before a forward (as accelerate's ``pre_forward``)."""
+    from accelerate.utils import named_module_tensors
+
+    return [
+        name
+        for name, _ in named_module_tensors(
+            module,
+            include_buffers=hook.offload_buffers,
+            recurse=hook.place_submodules,
+            remove_non_persistent=True,
+        )
+    ]
+
+
+def _tensor(module: nn.Module, name: str) -> torch.Tensor:
+    owner, _, attr = name.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attr)
+
+
+class StoredWeights(Mapping[str, torch.Tensor]):
+    """A hook's weights map with the given tensors replaced by copies saved in a fresh
+    safetensors file (under ``root``), deleted when this map is garbage collected."""
+
+    def __init__(
+        self, base: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], root: str | None
+    ) -> None:
+        from safetensors.torch import save_file
+
+        self.base = base.base if isinstance(base, StoredWeights) else base
+        self.folder = tempfile.mkdtemp(prefix="secateurs-pruned-", dir=root)
+        weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self.file = os.path.join(self.folder, "weights.safetensors")
+        tmp = self.file + ".tmp"
+        save_file({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}, tmp)
+        os.replace(tmp, self.file)
+        self.keys_saved = frozenset(tensors)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key in self.keys_saved:
+            from safetensors import safe_open
+
+            with safe_open(self.file, framework="pt", device="cpu") as f:
+                return f.get_tensor(key)
+        return self.base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys_saved or key in self.base
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+def _store_root(weights_map: Mapping[str, torch.Tensor]) -> str | None:
+    """accelerate's own offload folder when there is one (the user's chosen scratch disk)."""
+    base = weights_map.base if isinstance(weights_map, StoredWeights) else weights_map
+    folder = getattr(getattr(base, "dataset", base), "save_folder", None)
+    return folder if folder and os.path.isdir(folder) else None
+
+
+@contextmanager
+def materialized(module: nn.Module, *, writeback: bool = True) -> Iterator[None]:
+    """Within the context, ``module``'s offloaded weights are real tensors on their execution
+    device, and forwards use them as they are; on exit they are saved for the hooks
+    (unless ``writeback`` is false: nothing was changed) and offloaded again.
+
+    Re-entrant (an inner call on a materialized module does nothing). Raises
+    ``SecateursError`` when weights of ``module`` are offloaded by a hook on a parent
+    module (offload whole blocks or smaller units).
+    """
+    hooks = _offload_hooks(module)
+    if not hooks:
+        if any(p.device.type == "meta" for p in module.parameters()):
+            raise SecateursError(
+                "some weights of this block are on the meta device without an offload hook on the block "
+                "or inside it; dispatch the model with whole blocks (or smaller) per device_map entry"
+            )
+        yield
+        return
+    from accelerate.utils import set_module_tensor_to_device
+
+    entered: list[tuple[nn.Module, Any, list[str]]] = []
+    ready = False
+    try:
+        for sub, hook in hooks:
+            keys = _hook_keys(sub, hook)
+            entered.append((sub, hook, keys))
+            for key in keys:
+                set_module_tensor_to_device(sub, key, hook.execution_device, value=hook.weights_map[key])
+            hook.offload = False
+        if any(p.device.type == "meta" for p in module.parameters()):
+            raise SecateursError(
+                "some weights of this block are offloaded by a hook on a parent module; dispatch the "
+                "model with whole blocks (or smaller) per device_map entry"
+            )
+        ready = True
+        yield
+    finally:
+        for sub, hook, keys in entered:
+            if writeback and ready:
+                tensors = {key: _tensor(sub, key) for key in keys}
+                hook.weights_map = StoredWeights(hook.weights_map, tensors, _store_root(hook.weights_map))
+            for key in keys:
+                set_module_tensor_to_device(sub, key, "meta")
+            hook.offload = True
+
+
+def _budget(max_memory: MaxMemory, device: str) -> dict[Any, int | str]:
+    """accelerate's ``max_memory`` dict: GPU keys as indices, ``cpu`` / ``disk`` as is."""
+    def key(name: str) -> Any:
+        dev = torch.device(name)
+        return (dev.index or 0) if dev.type == "cuda" else dev.type
+
+    if isinstance(max_memory, int | str):
+        return {key(device): max_memory}
+    if not isinstance(max_memory, Mapping) or not max_memory:
+        raise SecateursError("max_memory must be a size (\"2GiB\", bytes) or a table of device = size")
+    try:
+        return {key(str(k)): v for k, v in max_memory.items()}
+    except RuntimeError as exc:
+        raise SecateursError(f"max_memory: {exc}") from None
+
+
+def dispatch(
+    loaded: LoadedModel,
+    *,
+    max_memory: MaxMemory,
+    offload_folder: str | Path | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Dispatch ``loaded.model`` (in memory) with accelerate to fit ``max_memory``; blocks that
+    do not fit go to the CPU (when ``device`` is a GPU and the budget names ``cpu``) or to
+    disk under ``offload_folder`` (a fresh sub-folder, removed with the model; default:
+    the system temp dir). Returns the device map. Blocks are never split.
+    """
+    try:
+        from accelerate import dispatch_model, infer_auto_device_map
+    except ImportError:
+        raise SecateursError("offloading needs accelerate: pip install 'secateurs[offload]'") from None
+    model = loaded.model
+    if getattr(model, "hf_device_map", None) is not None:
+        raise SecateursError(
+            "this model is already dispatched with a device_map; do not set max_memory again"
+        )
+    no_split = sorted({type(b.module).__name__ for b in loaded.adapter.blocks(model)})
+    try:
+        device_map = infer_auto_device_map(
+            model, max_memory=_budget(max_memory, device), no_split_module_classes=no_split
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise SecateursError(f"max_memory {max_memory!r}: {exc}") from None
+    first = next(n for n, _ in model.named_parameters())
+    placed = max((k for k in device_map if k == "" or first == k or first.startswith(k + ".")), key=len)
+    resident = {"disk"} if torch.device(device).type == "cpu" else {"cpu", "disk"}
+    if device_map[placed] in resident:
+        raise SecateursError(
+            f"max_memory {max_memory!r} is too small to keep the model's first layer ({placed}) on {device}; "
+            "raise the budget"
+        )
+    folder = None
+    if "disk" in device_map.values():
+        root = Path(offload_folder or tempfile.gettempdir()).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="secateurs-offload-", dir=root)
+        weakref.finalize(model, shutil.rmtree, folder, True)
+    main = "cpu" if torch.device(device).type == "cpu" else torch.device(device)
+    dispatch_model(model, device_map, main_device=main, offload_dir=folder)
+    return dict(device_map)
