@@ -1,0 +1,1 @@
+"""NeuroAL for secateurs: neuron-alignment block-wise and row-wise sparsity allocation."""

@@ -1,0 +1,147 @@
+"""Scoring candidate allocations by NeuroAL's alignment, all candidates block by block.
+
+Every candidate is a ``Plan`` (block → allocation). Candidates advance together: at block
+``i`` each one has its own input stream (the outputs of *its* pruned blocks ``0..i-1``), so
+nothing computed from block ``i``'s inputs is shared between candidates unless their
+streams are the same object (block 0, where all start from the search inputs). Per block:
+
+1. dense statistics of every distinct stream in one pass per sample
+   (``Session.collect_streams``: the block's dense weights are read once for all of them);
+   block 0's are computed once per search and reused by later ``evaluate`` calls;
+2. base scores once per block for scorers that need no input statistics (magnitude),
+   else once per distinct stream;
+3. per candidate, inside ``Session.trial(block)`` (only this block's weights are saved and
+   restored, never the model): prune with the candidate's allocation through the
+   pipeline's scorer and applier, then one sparse pass collecting ``sq_norm`` only (no
+   Hessian) and the outputs, which become the candidate's next stream.
+
+Alignment of a linear: ``a = sqrt(sq_norm)`` dense vs sparse (``ratios.alignment``); a
+candidate's score is the sum over every linear of every block (lower is better).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import attrs
+import torch
+
+from secateurs.pipeline import Inputs, Session
+from secateurs.protocols import STAT_HESSIAN, STAT_SQ_NORM
+from secateurs.types import Allocation, Block, InputStats
+from secateurs_neuroal.ratios import alignment
+
+Plan = Callable[[Block], Allocation]
+
+
+@attrs.define
+class Outcome:
+    """One candidate's result: total ``score``, per-block sums, per-linear scores, and
+    (when asked) per-linear raw alignment vectors ``a_D - a_S`` (float32, CPU)."""
+
+    score: float = 0.0
+    blocks: list[float] = attrs.field(factory=list)
+    linears: dict[str, float] = attrs.field(factory=dict)
+    vectors: dict[str, torch.Tensor] = attrs.field(factory=dict)
+
+
+@attrs.define
+class Profile:
+    """Where the search's time went (wall seconds) and how much work it did."""
+
+    dense_seconds: float = 0.0
+    prune_seconds: float = 0.0
+    sparse_seconds: float = 0.0
+    sample_forwards: int = 0
+    prunes: int = 0
+    candidates: int = 0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return attrs.asdict(self)
+
+
+class Search:
+    """Evaluates plans on fixed search ``inputs`` (block 0's inputs of the search samples).
+
+    ``max_streams`` bounds how many candidate streams share one dense forward (memory:
+    the block's activations for that many samples at once).
+    """
+
+    def __init__(self, session: Session, inputs: Inputs, *, max_streams: int | None = None) -> None:
+        self.session, self.inputs, self.max_streams = session, inputs, max_streams
+        self.profile = Profile()
+        scorer = session.spec.scorer
+        self._input_free_scores = not scorer.selects and not (set(scorer.requires) & {STAT_SQ_NORM, STAT_HESSIAN})
+        self._first: tuple[dict[str, InputStats], Mapping[str, torch.Tensor] | None] | None = None
+
+    def evaluate(self, plans: Sequence[Plan], *, keep_vectors: bool = False) -> list[Outcome]:
+        """Score every plan (same order); ``keep_vectors`` keeps the alignment vectors."""
+        session, blocks = self.session, self.session.blocks
+        outcomes = [Outcome() for _ in plans]
+        streams: list[Inputs] = [self.inputs] * len(plans)
+        self.profile.candidates += len(plans)
+        with torch.no_grad():
+            for block in blocks:
+                last = block is blocks[-1]
+                dense, scores = self._dense(block, streams)
+                for c, plan in enumerate(plans):
+                    key = id(streams[c])
+                    with session.trial(block):
+                        start = time.perf_counter()
+                        session.prune_block(block, dense[key], streams[c], allocation=plan(block), scores=scores[key])
+                        mid = time.perf_counter()
+                        sparse, streams[c] = session.collect(block, streams[c], hessian=False, keep_outputs=not last)
+                    self.profile.prune_seconds += mid - start
+                    self.profile.sparse_seconds += time.perf_counter() - mid
+                    self.profile.sample_forwards += len(self.inputs)
+                    self.profile.prunes += 1
+                    _record(outcomes[c], block, dense[key], sparse, keep_vectors)
+        return outcomes
+
+    def _dense(
+        self, block: Block, streams: list[Inputs]
+    ) -> tuple[dict[int, dict[str, InputStats]], dict[int, Mapping[str, torch.Tensor] | None]]:
+        """Dense statistics and shareable scores per distinct stream (keyed by ``id``)."""
+        distinct = list({id(s): s for s in streams}.values())
+        if block.index == self.session.blocks[0].index and len(distinct) == 1 and distinct[0] is self.inputs:
+            if self._first is None:
+                stats = self._collect(block, distinct)[0]
+                self._first = (stats, self._scores(block, stats))
+            stats, scores = self._first
+            return {id(self.inputs): stats}, {id(self.inputs): scores}
+        stats_list = self._collect(block, distinct)
+        shared = self._scores(block, stats_list[0]) if self._input_free_scores else None
+        stats = {id(s): st for s, st in zip(distinct, stats_list, strict=True)}
+        scores = {id(s): shared if self._input_free_scores else self._scores(block, stats[id(s)]) for s in distinct}
+        return stats, scores
+
+    def _collect(self, block: Block, distinct: list[Inputs]) -> list[dict[str, InputStats]]:
+        start = time.perf_counter()
+        out = self.session.collect_streams(block, distinct, max_streams=self.max_streams)
+        self.profile.dense_seconds += time.perf_counter() - start
+        self.profile.sample_forwards += len(distinct) * len(self.inputs)
+        return out
+
+    def _scores(self, block: Block, stats: Mapping[str, InputStats]) -> Mapping[str, torch.Tensor] | None:
+        """Scores to share between candidates with these statistics (``None`` for scorers
+        that select given keep counts: they score per allocation)."""
+        if self.session.spec.scorer.selects:
+            return None
+        start = time.perf_counter()
+        scores = self.session.score(block, stats)
+        self.profile.prune_seconds += time.perf_counter() - start
+        return scores
+
+
+def _record(outcome: Outcome, block: Block, dense: Mapping[str, InputStats], sparse: Mapping[str, InputStats], keep: bool) -> None:
+    total = 0.0
+    for unit in block.units:
+        a_d, a_s = dense[unit.name].sq_norm.sqrt(), sparse[unit.name].sq_norm.sqrt()
+        score = alignment(a_d, a_s)
+        outcome.linears[unit.name] = score
+        total += score
+        if keep:
+            outcome.vectors[unit.name] = (a_d - a_s).float().cpu()
+    outcome.blocks.append(total)
+    outcome.score += total
