@@ -9,7 +9,7 @@ import zennit.torchvision
 from secateurs_lrp.canonizers import canonized, canonizers_for
 from secateurs_lrp.composites import CompositeSpec
 from secateurs_lrp.relevance import conservation
-from lrp_tiny import CLASSES, family, images, one_thread, tiny  # noqa: F401 (fixtures)
+from lrp_tiny import CLASSES, family, images, tiny  # noqa: F401 (fixtures)
 
 
 def _snapshot(model: torch.nn.Module) -> dict:

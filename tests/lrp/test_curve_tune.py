@@ -17,7 +17,7 @@ from secateurs_lrp.curve import CurveParts, parse_rates, plot_curves, pruning_cu
 from secateurs_lrp.library import resolve_composite, save_composite
 from secateurs_lrp.scorers import LrpScorer
 from secateurs_lrp.tune import tune
-from lrp_tiny import calibration, images, one_thread, tiny  # noqa: F401 (fixtures)
+from lrp_tiny import calibration, images, tiny  # noqa: F401 (fixtures)
 
 
 @attrs.define

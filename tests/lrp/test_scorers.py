@@ -18,7 +18,7 @@ from secateurs_lrp.library import resolve_composite
 from secateurs_lrp.relevance import reference_set
 from secateurs_lrp.rules import bilinear_matmul, softmax_relevance
 from secateurs_lrp.scorers import LrpScorer, TaylorScorer
-from lrp_tiny import CLASSES, calibration, family, images, one_thread, tiny  # noqa: F401 (fixtures)
+from lrp_tiny import CLASSES, calibration, family, images, tiny  # noqa: F401 (fixtures)
 
 KINDS = {"vgg": ["channels"], "resnet": ["channels"], "bottleneck": ["channels"], "vit": ["neurons", "heads"]}
 

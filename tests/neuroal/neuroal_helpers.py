@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import warnings
 
-import pytest
-import torch
 
 from lm_models import tiny_causal_lm, token_batches
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.plugins import PluginManager, get_manager
 from secateurs.protocols import LoadedModel
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Import into a test module to run its tests on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_neuroal(

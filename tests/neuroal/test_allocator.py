@@ -7,7 +7,7 @@ from typing import ClassVar
 import attrs
 import pytest
 import torch
-from neuroal_helpers import one_thread, run_neuroal  # noqa: F401
+from neuroal_helpers import run_neuroal  # noqa: F401
 
 from secateurs.builtins.appliers import ZeroApplier
 from secateurs.errors import SecateursError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from neuroal_helpers import one_thread  # noqa: F401
 
 from secateurs_neuroal.allocator import best
 from secateurs_neuroal.ratios import (

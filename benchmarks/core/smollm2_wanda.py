@@ -1,0 +1,130 @@
+"""Wanda and magnitude at 50% on the real SmolLM2-135M: perplexity, time and peak memory.
+
+Run:  .venv/bin/python benchmarks/core/smollm2_wanda.py  [--nsamples 32 --seqlen 512 --windows 16]
+Writes benchmarks/results/core_smollm2.json (after every configuration). Every configuration runs in its own
+process so that its peak RSS is its own:
+
+- ``forward``: one plain forward pass of the model over the calibration batches (the
+  cost floor Wanda is compared with);
+- ``dense`` / ``magnitude`` / ``wanda``: load, prune (calibrating on shakespeare-train),
+  then perplexity on the held-out shakespeare-test plays and nyt-test snippets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_io import write_results  # noqa: E402
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _calibration(loaded, args):
+    import secateurs
+
+    source = secateurs.get_manager().calibration_sources.create(
+        "text", corpus="shakespeare-train", nsamples=args["nsamples"], seqlen=args["seqlen"], seed=0
+    )
+    return source.batches(loaded)
+
+
+def _job(config: str, args: dict, queue) -> None:
+    import torch
+
+    import secateurs
+    from secateurs.pipeline import PruneSpec, prune_model
+
+    torch.manual_seed(0)
+    manager = secateurs.get_manager()
+    loaded = secateurs.load("smollm2-135m")
+    batches = _calibration(loaded, args)
+    out = {"config": config, "rss_loaded_mib": _current_rss_mib()}
+    cpu_start = time.process_time()
+    if config == "forward":
+        start = time.perf_counter()
+        with torch.no_grad():
+            for batch in batches:
+                loaded.adapter.forward(loaded.model, batch)
+        out["seconds"] = time.perf_counter() - start
+        out["cpu_seconds"] = time.process_time() - cpu_start
+    else:
+        if config != "dense":
+            spec = PruneSpec(
+                scorer=manager.scorers.create(config),
+                allocator=manager.allocators.create("uniform"),
+                applier=manager.appliers.create("zero"),
+                sparsity=0.5,
+                calibration=batches if config == "wanda" else None,
+                progress=False,
+            )
+            result = prune_model(loaded, spec)
+            out["cpu_seconds"] = time.process_time() - cpu_start
+            out["seconds"] = result.timings["total"]
+            out["timings"] = result.timings
+            out["sparsity"] = result.sparsity
+        for corpus in ("shakespeare-test", "nyt-test"):
+            ppl = manager.evaluators.create("perplexity", corpus=corpus, seqlen=args["seqlen"], max_windows=args["windows"], progress=False)
+            out[f"ppl_{corpus}"] = ppl.evaluate(loaded)["perplexity"]
+    out["peak_rss_mib"] = _rss_mib()
+    queue.put(out)
+
+
+def run(config: str, args: dict) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_job, args=(config, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--windows", type=int, default=16, help="perplexity windows per corpus")
+    args = vars(parser.parse_args())
+    import os
+
+    rows = []
+    for config in ("forward", "wanda", "magnitude", "dense"):
+        rows.append({**run(config, args), "load_average_at_start": os.getloadavg()[0]})
+        _write(args, rows)  # after every configuration: a stopped run keeps what it measured
+
+
+def _write(args: dict, rows: list[dict]) -> None:
+    by = {r["config"]: r for r in rows}
+    hidden, params = 576, 134_515_008
+    summary = {
+        "model_mib": params * 4 / 2**20,
+        "one_boundary_activations_mib": args["nsamples"] * args["seqlen"] * hidden * 4 / 2**20,
+    }
+    if {"forward", "wanda"} <= set(by):
+        summary |= {
+            "wanda_over_forward_time": by["wanda"]["seconds"] / by["forward"]["seconds"],
+            "wanda_over_forward_cpu_time": by["wanda"]["cpu_seconds"] / by["forward"]["cpu_seconds"],
+            "wanda_peak_over_loaded_mib": by["wanda"]["peak_rss_mib"] - by["wanda"]["rss_loaded_mib"],
+            "forward_peak_over_loaded_mib": by["forward"]["peak_rss_mib"] - by["forward"]["rss_loaded_mib"],
+        }
+    command = "python benchmarks/core/smollm2_wanda.py " + " ".join(f"--{k} {v}" for k, v in args.items())
+    path = write_results("core_smollm2", {"command": command, "args": args, "runs": rows, "summary": summary})
+    print(path.read_text(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
