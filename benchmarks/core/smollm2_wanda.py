@@ -33,6 +33,18 @@ def _current_rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def _reset_peak() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) so the next phase's peak is its own."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _phase_peak_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _calibration(loaded, args):
     import secateurs
 
@@ -53,6 +65,7 @@ def _job(config: str, args: dict, queue) -> None:
     loaded = secateurs.load("smollm2-135m")
     batches = _calibration(loaded, args)
     out = {"config": config, "rss_loaded_mib": _current_rss_mib()}
+    _reset_peak()
     cpu_start = time.process_time()
     if config == "forward":
         start = time.perf_counter()
@@ -61,6 +74,7 @@ def _job(config: str, args: dict, queue) -> None:
                 loaded.adapter.forward(loaded.model, batch)
         out["seconds"] = time.perf_counter() - start
         out["cpu_seconds"] = time.process_time() - cpu_start
+        out["phase_peak_rss_mib"] = _phase_peak_mib()
     else:
         if config != "dense":
             spec = PruneSpec(
@@ -73,6 +87,7 @@ def _job(config: str, args: dict, queue) -> None:
             )
             result = prune_model(loaded, spec)
             out["cpu_seconds"] = time.process_time() - cpu_start
+            out["phase_peak_rss_mib"] = _phase_peak_mib()
             out["seconds"] = result.timings["total"]
             out["timings"] = result.timings
             out["sparsity"] = result.sparsity
@@ -98,11 +113,13 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--windows", type=int, default=16, help="perplexity windows per corpus")
+    parser.add_argument("--configs", default="forward,wanda,magnitude,dense")
+    parser.add_argument("--name", default="core_smollm2", help="results file name")
     args = vars(parser.parse_args())
     import os
 
     rows = []
-    for config in ("forward", "wanda", "magnitude", "dense"):
+    for config in args["configs"].split(","):
         rows.append({**run(config, args), "load_average_at_start": os.getloadavg()[0]})
         _write(args, rows)  # after every configuration: a stopped run keeps what it measured
 
@@ -121,8 +138,11 @@ def _write(args: dict, rows: list[dict]) -> None:
             "wanda_peak_over_loaded_mib": by["wanda"]["peak_rss_mib"] - by["wanda"]["rss_loaded_mib"],
             "forward_peak_over_loaded_mib": by["forward"]["peak_rss_mib"] - by["forward"]["rss_loaded_mib"],
         }
+    if "phase_peak_rss_mib" in by.get("wanda", {}):
+        summary["wanda_phase_peak_over_loaded_mib"] = by["wanda"]["phase_peak_rss_mib"] - by["wanda"]["rss_loaded_mib"]
+        summary["forward_phase_peak_over_loaded_mib"] = by["forward"]["phase_peak_rss_mib"] - by["forward"]["rss_loaded_mib"]
     command = "python benchmarks/core/smollm2_wanda.py " + " ".join(f"--{k} {v}" for k, v in args.items())
-    path = write_results("core_smollm2", {"command": command, "args": args, "runs": rows, "summary": summary})
+    path = write_results(args["name"], {"command": command, "args": args, "runs": rows, "summary": summary})
     print(path.read_text(), flush=True)
 
 
