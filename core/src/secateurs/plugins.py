@@ -94,6 +94,9 @@ class Registry(Generic[T]):
             )
         self._entries[entry.name] = entry
 
+    def discard(self, name: str) -> None:
+        self._entries.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 
@@ -210,22 +213,19 @@ class PluginManager:
                 self._accept(info, offered[info.name])
 
     def _accept(self, info: PluginInfo, entries: list[tuple[str, Entry]]) -> None:
-        seen: set[tuple[str, str]] = set()
-        for kind, entry in entries:
-            if (kind, entry.name) in seen or entry.name in self.registries[kind]:
-                first = info if (kind, entry.name) in seen else self.registries[kind].entry(entry.name).plugin
-                self.failures.append(
-                    PluginFailure(
-                        info,
-                        f"{kind} {entry.name!r} is registered twice: by plugin {first.label()} "
-                        f"and again by plugin {info.label()}; the later plugin was not loaded",
-                    )
-                )
-                return
-            seen.add((kind, entry.name))
-        for kind, entry in entries:
-            self.registries[kind].add(entry)
-            self.registered.setdefault(info.name, {}).setdefault(kind, []).append(entry.name)
+        """Add a plugin's entries all or nothing: a clashing name rolls back the rest."""
+        added: list[tuple[str, str]] = []
+        try:
+            for kind, entry in entries:
+                self.registries[kind].add(entry)
+                added.append((kind, entry.name))
+        except SecateursError as exc:
+            for kind, name in added:
+                self.registries[kind].discard(name)
+            self.failures.append(PluginFailure(info, f"{exc}; the later plugin was not loaded"))
+            return
+        for kind, name in added:
+            self.registered.setdefault(info.name, {}).setdefault(kind, []).append(name)
 
     def add_commands(self, cli: Any) -> None:
         """Let plugins add CLI sub-commands; a failing plugin is recorded, not fatal."""

@@ -20,8 +20,8 @@ from secateurs.types import InputStats, Unit
 
 
 class _Accumulator:
-    def __init__(self, module: nn.Module, hessian: bool, name: str) -> None:
-        self.module, self.want_hessian, self.name = module, hessian, name
+    def __init__(self, hessian: bool, name: str) -> None:
+        self.want_hessian, self.name = hessian, name
         self.sum_sq: torch.Tensor | None = None
         self.sum_xxt: torch.Tensor | None = None
         self.nsamples = 0
@@ -94,7 +94,7 @@ def collect_stats(units: Sequence[Unit], *, hessian: bool = False, splits: int =
     for unit in units:
         key = id(unit.module)
         if key not in accumulators:
-            accs = accumulators[key] = [_Accumulator(unit.module, hessian, unit.name) for _ in range(splits)]
+            accs = accumulators[key] = [_Accumulator(hessian, unit.name) for _ in range(splits)]
             handles.append(unit.module.register_forward_hook(accs[0] if splits == 1 else _Splitter(accs)))
     collection = StatsCollection()
     try:
