@@ -1,5 +1,6 @@
 """The shipped MiniLM (all-MiniLM-L6-v2, BERT): 30% of heads and neurons removed by
-magnitude, saved, reloaded, same outputs."""
+magnitude, saved, reloaded (secateurs.load and AutoModel with
+trust_remote_code), same outputs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import copy
 
 import pytest
 import torch
+import transformers
 
 from secateurs.loading import load
 from secateurs.pipeline import prune_model
+from secateurs.protocols import LoadedModel
 from tf_models import manager, spec
 
 SENTENCES = [
@@ -53,3 +56,6 @@ def test_minilm_pruned_by_removal_reloads_with_the_same_outputs(tmp_path):
     reloaded = load(tmp_path, manager=manager())
     assert reloaded.model.config.secateurs_layer_sizes[0] == {"intermediate_size": 1076, "num_attention_heads": 9}
     torch.testing.assert_close(embed(reloaded, batch), pruned)
+    # the stock loader too, with the saved secateurs_resized.py
+    stock = transformers.AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    torch.testing.assert_close(embed(LoadedModel(stock, loaded.adapter, ""), batch), pruned)

@@ -33,6 +33,7 @@ from secateurs_transformers.common import (
     record_layer_sizes,
     save_folder,
 )
+from secateurs_transformers.secateurs_resized import apply_layer_sizes
 
 UNITS = {
     "query": "attention.self.query",
@@ -157,17 +158,11 @@ class BertAdapter:
     def block_output(self, output: Any) -> torch.Tensor:
         return first_output(output)
 
-    def sync(self, model: nn.Module) -> None:
-        """Set each self-attention's head count from its projections' shapes."""
-        for layer in _layers(model)[0]:
-            attn = _self_attention(layer)
-            attn.all_head_size = attn.query.out_features
-            attn.num_attention_heads = attn.all_head_size // attn.attention_head_size
-
     def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None:
-        """Update head counts and record the layers' new sizes in ``model.config``."""
-        self.sync(model)
+        """Set each self-attention's head count from its projections and record the layers'
+        new sizes in ``model.config``."""
         sizes = [layer_sizes(layer) for layer in _layers(model)[0]]
+        apply_layer_sizes(model, sizes)
         record_layer_sizes(model.config, sizes, {"intermediate_size"})
 
     def load(self, path: Path, *, device: str, dtype: torch.dtype | None) -> LoadedModel | None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from secateurs.errors import SecateursError
 from secateurs.protocols import LoadedModel
-from secateurs.structured import resize_tensor, sync_sizes
+from secateurs_transformers import secateurs_resized
+from secateurs_transformers.secateurs_resized import LAYER_SIZES, PREFIX, resized_class, stock_class
 
 
 def read_config(path: Path) -> dict[str, Any] | None:
@@ -29,27 +30,18 @@ def load_folder(adapter: Any, path: Path, auto_class: Any, *, device: str, dtype
     """Load a model (with ``auto_class``) and its tokenizer from a local folder, offline.
 
     A model whose config records per-layer sizes (``LAYER_SIZES``, written by structured
-    removal) is built by ``from_pretrained`` at the config's sizes, then its shrunk
-    modules are fitted to the checkpoint and the adapter's optional ``sync(model)``
-    updates the architecture attributes.
+    removal) is built as ``Resized<class>`` from ``secateurs_resized`` (the class the
+    folder's ``auto_map`` names for ``trust_remote_code=True``, taken here from the
+    installed package, not from the folder), so the layers have their saved shapes
+    before the weights load.
     """
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoConfig, AutoTokenizer
 
-    shrunk = LAYER_SIZES in (read_config(path) or {})
-    verbosity = hf_logging.get_verbosity()
-    if shrunk:  # the size-mismatch report is expected here; fit_to_checkpoint resolves it
-        hf_logging.set_verbosity_error()
-    try:
-        model = auto_class.from_pretrained(
-            str(path), dtype=dtype or "auto", local_files_only=True, ignore_mismatched_sizes=shrunk
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if shrunk:
-        fit_to_checkpoint(model, path)
-        if hasattr(adapter, "sync"):
-            adapter.sync(model)
+    model_class = auto_class
+    if LAYER_SIZES in (read_config(path) or {}):
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        model_class = resized_class(auto_class._model_mapping[type(config)])
+    model = model_class.from_pretrained(str(path), dtype=dtype or "auto", local_files_only=True)
     model.to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -59,8 +51,11 @@ def load_folder(adapter: Any, path: Path, auto_class: Any, *, device: str, dtype
 
 
 def save_folder(loaded: LoadedModel, directory: Path) -> list[Path]:
-    """``save_pretrained`` layout (safetensors) for the model and, if any, its tokenizer."""
+    """``save_pretrained`` layout (safetensors) for the model and, if any, its tokenizer;
+    with per-layer sizes, also the ``secateurs_resized`` module and ``auto_map``
+    (``write_auto_map``)."""
     loaded.model.save_pretrained(str(directory), safe_serialization=True)
+    write_auto_map(loaded.model, Path(directory))
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(directory))
     return sorted(p for p in Path(directory).iterdir() if p.is_file())
@@ -77,11 +72,6 @@ def first_output(output: Any) -> torch.Tensor:
 
 # -- models whose layers were shrunk by structured removal -----------------------------
 
-LAYER_SIZES = "secateurs_layer_sizes"
-"""Config key holding one ``{size name: value}`` per layer when the architecture's own
-config cannot express the layers' sizes (they differ between layers, or, as BERT's
-heads, the config has no field for them)."""
-
 
 def record_layer_sizes(config: Any, sizes: list[dict[str, int]], expressible: set[str]) -> None:
     """Write the layers' ``sizes`` into ``config``.
@@ -89,8 +79,8 @@ def record_layer_sizes(config: Any, sizes: list[dict[str, int]], expressible: se
     Every size that is the same in all layers and in ``expressible`` (the config fields
     the architecture builds its modules from) is set on the config, so plain
     ``from_pretrained`` builds the right shapes. If any other size remains, the whole
-    per-layer list is stored under ``LAYER_SIZES`` and the model must be loaded with
-    ``load_folder`` (which fits the modules to the checkpoint).
+    per-layer list is stored under ``LAYER_SIZES``: the saved model then reloads with
+    ``trust_remote_code=True`` (``write_auto_map``) or ``load_folder``.
     """
     leftover = False
     for key in sizes[0]:
@@ -105,36 +95,59 @@ def record_layer_sizes(config: Any, sizes: list[dict[str, int]], expressible: se
         delattr(config, LAYER_SIZES)
 
 
-def _checkpoint_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        return sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
-    single = path / "model.safetensors"
-    if not single.is_file():
-        raise SecateursError(f"{path} holds no model.safetensors: cannot restore its shrunk layers")
-    return [single]
+# -- reloading per-layer sizes with the stock loader ------------------------------------
+
+MODULE_FILE = Path(secateurs_resized.__file__)
+"""The self-contained modeling file saved next to weights with per-layer sizes."""
+AUTO_CLASSES = (
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForMaskedLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForMultipleChoice",
+    "AutoModelForPreTraining",
+    "AutoModelForNextSentencePrediction",
+)
+"""Auto classes ``auto_map`` may name (those that build the saved class or its base model)."""
 
 
-def fit_to_checkpoint(model: nn.Module, path: Path) -> list[nn.Module]:
-    """Give every tensor of ``model`` whose checkpoint shape differs the checkpoint's shape
-    and values (``from_pretrained`` left those randomly initialised); return the modules
-    changed, with their standard size attributes synced."""
-    from safetensors import safe_open
+def auto_map(model: nn.Module) -> dict[str, str]:
+    """``{Auto class: "secateurs_resized.Resized<class>"}`` for every Auto class that builds
+    ``model``'s transformers class (``AutoModel``: its base model's class)."""
+    import transformers
 
-    owners = dict(model.named_modules())
-    state = model.state_dict(keep_vars=True)
-    changed: dict[int, nn.Module] = {}
-    for file in _checkpoint_files(Path(path)):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                if key not in state or tuple(f.get_slice(key).get_shape()) == tuple(state[key].shape):
-                    continue
-                owner_name, _, name = key.rpartition(".")
-                owner = owners[owner_name]
-                resize_tensor(owner, name, f.get_slice(key).get_shape())
-                with torch.no_grad():
-                    getattr(owner, name).copy_(f.get_tensor(key))
-                changed[id(owner)] = owner
-    for module in changed.values():
-        sync_sizes(module)
-    return list(changed.values())
+    targets = {stock_class(type(model)), stock_class(type(model.base_model))}
+    mapping = {}
+    for name in AUTO_CLASSES:  # _model_mapping: the config -> class table Auto classes load with
+        built = getattr(transformers, name)._model_mapping.get(type(model.config), None)
+        if built in targets:
+            mapping[name] = f"{MODULE_FILE.stem}.{PREFIX}{built.__name__}"
+    return mapping
+
+
+def write_auto_map(model: nn.Module, directory: Path) -> None:
+    """Make a ``save_pretrained`` folder reload with the stock Auto classes.
+
+    ``architectures`` names the transformers class (never ``Resized<class>``). With
+    per-layer sizes (``LAYER_SIZES`` in the config) the folder also gets
+    ``secateurs_resized.py`` and an ``auto_map`` naming its classes, so
+    ``AutoModel*.from_pretrained(directory, trust_remote_code=True)`` builds the layers at
+    their sizes; without, any ``auto_map`` entry and file of ours is removed.
+    """
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config["architectures"] = [stock_class(type(model)).__name__]
+    ours = f"{MODULE_FILE.stem}."
+    mapping = {k: v for k, v in (config.get("auto_map") or {}).items() if not str(v).startswith(ours)}
+    copy = directory / MODULE_FILE.name
+    if config.get(LAYER_SIZES):
+        mapping |= auto_map(model)
+        shutil.copyfile(MODULE_FILE, copy)
+    else:
+        copy.unlink(missing_ok=True)
+    config.pop("auto_map", None)
+    if mapping:
+        config["auto_map"] = mapping
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -10,7 +10,10 @@ q_proj, and their columns of o_proj, so grouped-query attention keeps its ratio)
 ``neurons`` (a row of gate_proj and up_proj and a column of down_proj). After removal
 the config records the new sizes (``resized``): uniform sizes as ``intermediate_size``,
 ``num_attention_heads``, ``num_key_value_heads`` and ``head_dim`` (plain
-``from_pretrained`` reloads them), per-layer sizes as ``secateurs_layer_sizes``.
+``from_pretrained`` reloads them), per-layer sizes as ``secateurs_layer_sizes`` (the saved
+folder then carries ``secateurs_resized.py`` and an ``auto_map``: it reloads with
+``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` or
+``secateurs.load``).
 """
 
 from __future__ import annotations
