@@ -5,7 +5,7 @@ import pytest
 import torch
 from secateurs.errors import SecateursError
 from secateurs_ken.reference import reference_select_row as reference_row
-from secateurs_ken.select import ken_select
+from secateurs_ken.select import fast_grid_density, grid_density, grid_points, ken_select, silverman_bandwidth
 
 
 def _rows(kind: str, rng: np.random.Generator, r: int, n: int) -> np.ndarray:
@@ -25,7 +25,7 @@ def test_equals_sequential_reference(kind, seed):
     n = int(rng.integers(2, 60))
     rows = _rows(kind, rng, 12, n)
     keep = torch.as_tensor(rng.integers(1, n + 1, size=12))
-    mask = ken_select(torch.as_tensor(rows), keep, density_dtype=torch.float64).numpy()
+    mask = ken_select(torch.as_tensor(rows), keep).numpy()
     for r in range(12):
         expected = reference_row(rows[r], int(keep[r]))
         assert (mask[r] == expected).all(), (r, rows[r], int(keep[r]))
@@ -35,7 +35,7 @@ def test_equals_sequential_reference(kind, seed):
 def test_unrounded_density_and_float32_rows():
     rng = np.random.default_rng(7)
     rows = rng.normal(scale=0.05, size=(20, 97)).astype(np.float32)
-    mask = ken_select(torch.as_tensor(rows), 40, round_density=False, density_dtype=torch.float64).numpy()
+    mask = ken_select(torch.as_tensor(rows), 40, round_density=False).numpy()
     for r in range(20):
         assert (mask[r] == reference_row(rows[r].astype(np.float64), 40, round_density=False)).all()
 
@@ -43,7 +43,7 @@ def test_unrounded_density_and_float32_rows():
 def test_exact_k_min_max_kept_and_chunking():
     rows = torch.randn(20, 33, generator=torch.Generator().manual_seed(0))
     full = ken_select(rows, 10)
-    chunked = ken_select(rows, 10, chunk_elements=10 * 33 * 3)
+    chunked = ken_select(rows, 10, chunk_elements=33 * 3)
     assert torch.equal(full, chunked)
     assert (full.sum(1) == 10).all()
     assert full.gather(1, rows.argmin(1, keepdim=True)).all()
@@ -55,6 +55,21 @@ def test_constant_and_single_entry_rows():
     rows = torch.tensor([[0.5, 0.5, 0.5, 0.5], [1.0, 1.0, 1.0, 2.0]])
     assert ken_select(rows, 2).tolist() == [[True, True, False, False], [True, False, False, True]]
     assert ken_select(torch.tensor([[3.0]]), 5).tolist() == [[True]]
+
+
+@pytest.mark.parametrize("kind", ["normal", "heavy", "few"])
+@pytest.mark.parametrize("k", [1, 2, 7, 60, 300])
+def test_fast_density_is_within_its_bound_of_the_float64_density(kind, k):
+    rng = np.random.default_rng(k)
+    x = torch.as_tensor(_rows(kind, rng, 16, 384) * 0.04)
+    keep = torch.full((16,), k)
+    lo, hi = x.min(1).values, x.max(1).values
+    grid = grid_points(lo, hi, keep, k)
+    h = silverman_bandwidth(x)
+    exact = grid_density(x, grid, h, torch.float64)
+    fast, bound = fast_grid_density(x, lo, hi, keep, k, h)
+    assert ((fast - exact).abs() <= bound).all()
+    assert (bound <= 1e-3 * exact.amax(1, keepdim=True) + 1e-12).all()  # tight enough to decide rounding
 
 
 @pytest.mark.parametrize("bad", [0, -3])
@@ -79,7 +94,7 @@ def test_real_minilm_rows_match_reference():
     for name in ("encoder.layer.1.attention.self.value.weight", "encoder.layer.4.output.dense.weight",
                  "embeddings.word_embeddings.weight"):
         rows = state[name][:3]
-        mask = ken_select(rows, 96, density_dtype=torch.float64)
+        mask = ken_select(rows, 96)
         assert (mask.sum(1) == 96).all()
         for r in range(3):
             assert (mask[r].numpy() == reference_row(rows[r].double().numpy(), 96)).all(), (name, r)

@@ -10,15 +10,14 @@ Specification (ALGORITHMS.md §1, without the reference code's value-matching bu
 4. grid points visit in order of decreasing density (ties: lower grid index first) and
    each takes the nearest not-yet-taken entry (ties: lower entry index first).
 
-Step 4 is serial dictatorship: with one common priority order it yields the unique stable
-matching of grid points to entries. :func:`greedy_take` computes it without visiting the
-points one by one: every round *speculates* a choice for all pending points (each takes its
-nearest free entry; points heading for the same entry from the same side take the next free
-entries in priority order), then *verifies* every speculation against the entries left by
-the higher-priority speculations with range-maximum (sparse table) queries, and commits the
-verified priority prefix plus the first failing point (whose verified choice is exact). A
-round commits at least one point and usually hundreds; the result equals the sequential
-greedy exactly (``tests/ken/test_select.py`` checks it against a straightforward loop).
+Step 4 is sequential by nature (each point's choice depends on every earlier one), so
+:func:`greedy_take` runs it as ``k`` steps that each advance *all rows at once*: per step a
+handful of tensor operations over the rows, whatever their width. The free entries of each
+row are kept as two union-find forests over the sorted values (nearest free entry to the
+right and to the left, found with path halving), so a step costs ``O(rows)`` work, not
+``O(rows * width)``. Callers batch many rows per call (``ken_state`` concatenates every
+tensor of the same row width); ``tests/ken/test_select.py`` checks the result against a
+straightforward per-row loop.
 """
 
 from __future__ import annotations
@@ -28,9 +27,6 @@ import math
 import torch
 
 from secateurs.errors import SecateursError
-
-_NONE = torch.iinfo(torch.int64).max // 4  # "no speculation" marker in the priority arrays
-
 
 def silverman_bandwidth(rows: torch.Tensor) -> torch.Tensor:
     """``|1.06 * std * n^(-1/5)|`` per row of ``[R, n]`` (population std), float64."""
@@ -54,6 +50,74 @@ def grid_density(
     return torch.where(bandwidth.view(-1, 1) > 0, dens, torch.zeros_like(dens))
 
 
+_SPAN = 16.0  # width of a block of grid points, in bandwidths
+_WINDOW = 9.0  # entries farther than this many bandwidths from a block contribute < e^-40
+_FINE = 2.0  # the span of the ``Q2`` fine offsets, in bandwidths (keeps the factors in range)
+
+
+def grid_step(lo: torch.Tensor, hi: torch.Tensor, keep: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The spacing of each row's grid points, in bandwidths (``[R]``)."""
+    return (hi - lo) / (keep - 1).clamp(min=1) / h
+
+
+def _block_shape(widest_step: float, kmax: int) -> tuple[int, int, int]:
+    """``(Q1, Q2, blocks)`` for grid steps up to ``widest_step`` bandwidths."""
+    widest = max(widest_step, 1e-12)
+    per_block = min(kmax, max(1, int(_SPAN / widest)))
+    q2 = max(1, min(round(math.sqrt(per_block)), int(_FINE / widest)))
+    q1 = max(1, per_block // q2)
+    return q1, q2, -(-kmax // (q1 * q2))
+
+
+def fast_grid_density(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, keep: torch.Tensor, kmax: int,
+                      bandwidth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel density at the :func:`grid_points` of ``rows`` ``[R, n]`` (float64) with
+    float32 matrix products, and a bound on its error (both ``[R, kmax]``, float64).
+
+    The grid points of a row are evenly spaced (step ``d``, in bandwidths), so within a block
+    of ``Q1 * Q2`` consecutive points centred at ``o`` the kernel factorises: with
+    ``t = s1 + s2`` (``s1 = (j1*Q2 - c) * d``, ``s2 = j2 * d``) and ``u = (x - o) / h``,
+    ``exp(-(t - u)^2 / 2) = exp(-t^2/2) * exp(s1*u - u^2/2) * exp(s2*u)``, and the sum over
+    the entries is the product of a ``[Q1, n]`` and an ``[n, Q2]`` table: ``Q1 + Q2``
+    exponentials per entry and block instead of ``Q1 * Q2``. Blocks span at most ``_SPAN``
+    bandwidths and entries beyond ``_WINDOW`` of a block are dropped, which keeps every
+    exponent of the kept entries within [-60, 40], safe in float32.
+    """
+    n_rows, n = rows.shape
+    dev = rows.device
+    h = torch.where(bandwidth > 0, bandwidth, torch.ones_like(bandwidth))
+    step = grid_step(lo, hi, keep, h).view(-1, 1)
+    q1, q2, blocks = _block_shape(float(step.max()), kmax)
+    size = q1 * q2
+    centre = (size - 1) / 2
+    origin = lo.view(-1, 1) + (torch.arange(blocks, device=dev).view(1, -1) * size + centre) * step * h.view(-1, 1)
+    u = (rows.view(n_rows, 1, n) - origin.unsqueeze(2)) / h.view(-1, 1, 1)  # [R, B, n]
+    reach = (centre * step + _WINDOW).unsqueeze(2)
+    inside = u.abs() <= reach
+    half_sq = torch.where(inside, -0.5 * u.square(), -math.inf).to(torch.float32).unsqueeze(2)
+    u = torch.where(inside, u, 0.0).to(torch.float32).unsqueeze(2)
+    j = torch.arange(max(q1, q2), dtype=torch.float64, device=dev)
+    s1 = ((j[:q1] * q2 - centre) * step).to(torch.float32).view(n_rows, 1, q1, 1)
+    s2 = (j[:q2] * step).to(torch.float32).view(n_rows, 1, q2, 1)
+    # [R, B, Q1, n]; floored at e^-80 (clear of float32 denormals, which are slow; an entry
+    # that far from every point of its row of the block contributes < e^-40 either way)
+    a = torch.addcmul(half_sq, s1, u).clamp_(min=-80.0).exp_()
+    c = (s2 * u).exp_()  # [R, B, Q2, n]
+    sums = torch.matmul(a, c.transpose(2, 3)).reshape(n_rows, blocks * size)[:, :kmax]
+    local = torch.arange(blocks * size, dtype=torch.float64, device=dev)[:kmax] % size
+    t = (local.view(1, -1) - centre) * step
+    dens = sums.to(torch.float64) * torch.exp(-0.5 * t.square()) / (n * h.view(-1, 1) * math.sqrt(2 * math.pi))
+    dens = torch.where(bandwidth.view(-1, 1) > 0, dens, torch.zeros_like(dens))
+    # float32 error, in ulps of each term: the two exponents are off by at most
+    # 3|s1 u| + |u^2/2| + |e| and 3|s2 u| + |e| ulps (absolute), each exp adds 1; the sum of
+    # n positive terms adds n. The dropped entries add < e^-40 per entry.
+    u_max = float(reach.max())
+    s1_max, s2_max = float(s1.abs().max()), float(s2.abs().max())
+    ulps = n + 4 * s1_max * u_max + 1.5 * u_max**2 + 4 * s2_max * u_max + 8
+    bound = dens * (ulps * 2.0**-24) + math.exp(-40) / (h.view(-1, 1) * math.sqrt(2 * math.pi))
+    return dens, bound
+
+
 def priority_ranks(density: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Visiting rank of every grid point: decreasing density, ties by grid index; invalid
     (padding) points rank after all valid ones."""
@@ -64,96 +128,105 @@ def priority_ranks(density: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-class _RangeMax:
-    """Sparse table over ``[R, n]`` int64 values answering "nearest position at or left
-    (right) of ``p`` whose value is ``>= t``" for batches of queries in ``O(log n)`` steps."""
-
-    def __init__(self, values: torch.Tensor) -> None:
-        self.n = values.shape[1]
-        self.levels = [values]
-        span = 1
-        while span * 2 <= self.n:
-            prev = self.levels[-1]
-            nxt = prev.clone()
-            nxt[:, : self.n - span] = torch.maximum(prev[:, : self.n - span], prev[:, span:])
-            self.levels.append(nxt)
-            span *= 2
-
-    def left(self, start: torch.Tensor, thresh: torch.Tensor) -> torch.Tensor:
-        """Largest ``j <= start`` with ``value[j] >= thresh`` (``-1`` if none); ``[R, Q]``."""
-        pos = start + 1
-        for lvl in range(len(self.levels) - 1, -1, -1):
-            cand = pos - (1 << lvl)
-            ok = cand >= 0
-            window = self.levels[lvl].gather(1, cand.clamp(min=0))
-            pos = torch.where(ok & (window < thresh), cand, pos)
-        return pos - 1
-
-    def right(self, start: torch.Tensor, thresh: torch.Tensor) -> torch.Tensor:
-        """Smallest ``j >= start`` with ``value[j] >= thresh`` (``n`` if none); ``[R, Q]``."""
-        pos = start
-        for lvl in range(len(self.levels) - 1, -1, -1):
-            ok = pos + (1 << lvl) <= self.n
-            window = self.levels[lvl].gather(1, pos.clamp(max=self.n - 1))
-            pos = torch.where(ok & (window < thresh), pos + (1 << lvl), pos)
-        return pos
+_BITS = 62  # positions per int64 word (the sign bit and bit 62 stay clear, so shifts are exact)
+_FULL = (1 << _BITS) - 1
 
 
-def _nearest(
-    table: _RangeMax,
-    xs: torch.Tensor,
-    perm: torch.Tensor,
-    grid: torch.Tensor,
-    thresh: torch.Tensor,
-) -> torch.Tensor:
-    """Sorted position of the nearest entry with value-array ``>= thresh`` to each grid
-    point (ties: lower original index). ``xs``: sorted row values, ``perm``: their indices."""
-    n = xs.shape[1]
-    left = table.left(torch.searchsorted(xs, grid, right=True) - 1, thresh)
-    found_l = left >= 0
-    left_c = left.clamp(min=0)
-    # among equal values the lowest original index is the leftmost free one of the group
-    group = torch.searchsorted(xs, xs.gather(1, left_c), right=False)
-    left = torch.where(found_l, table.right(group, thresh).clamp(max=n - 1), left_c)
-    right = table.right(torch.searchsorted(xs, grid, right=False), thresh)
-    found_r = right < n
-    right = right.clamp(max=n - 1)
-    inf = torch.full_like(grid, math.inf)
-    d_l = torch.where(found_l, grid - xs.gather(1, left), inf)
-    d_r = torch.where(found_r, xs.gather(1, right) - grid, inf)
-    take_left = (d_l < d_r) | ((d_l == d_r) & (perm.gather(1, left) < perm.gather(1, right)))
-    return torch.where(take_left, left, right)
+def _lowest_bit(m: torch.Tensor) -> torch.Tensor:
+    """Index of the lowest set bit of each positive ``m`` (exact: one bit converts exactly)."""
+    return torch.frexp((m & -m).to(torch.float64)).exponent.to(torch.int64) - 1
 
 
-def _speculate(
-    taken: torch.Tensor, xs: torch.Tensor, perm: torch.Tensor, grid: torch.Tensor,
-    ranks: torch.Tensor, pending: torch.Tensor,
-) -> torch.Tensor:
-    """A guess of every pending point's entry (sorted positions, ``[R, K]``)."""
-    rows, n = xs.shape
-    free_val = torch.where(taken, -1, 1)
-    target = _nearest(_RangeMax(free_val), xs, perm, grid, torch.zeros_like(ranks))
-    away = (xs.gather(1, target) >= grid).long()  # 1: continue rightwards, 0: leftwards
-    # rank of each point among the pending points sharing (target, direction)
-    kp = ranks.shape[1] + 1
-    key = (target * 2 + away) * kp + ranks
-    key = torch.where(pending, key, torch.full_like(key, _NONE))
-    skey, order = torch.sort(key, dim=1)
-    gid = skey // kp
-    idx = torch.arange(key.shape[1], device=key.device).expand_as(key)
-    starts = torch.ones_like(pending)
-    starts[:, 1:] = gid[:, 1:] != gid[:, :-1]
-    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
-    within = torch.empty_like(idx).scatter_(1, order, idx - first)
-    # the within-th free entry from the target, in the point's direction
-    free = ~taken
-    free_idx = free.long().cumsum(dim=1) - 1
-    nfree = free.sum(dim=1, keepdim=True)
-    free_pos = torch.argsort((~free).to(torch.uint8), dim=1, stable=True)
-    step = torch.where(away.bool(), within, -within)
-    want = (free_idx.gather(1, target) + step).clamp(min=0)
-    want = torch.minimum(want, nfree - 1)
-    return free_pos.gather(1, want)
+def _highest_bit(m: torch.Tensor) -> torch.Tensor:
+    """Index of the highest set bit of each positive ``m < 2^62``."""
+    e = torch.frexp(m.to(torch.float64)).exponent.to(torch.int64) - 1  # may round up by one
+    return e - ((torch.ones_like(e) << e) > m).to(torch.int64)
+
+
+class _FreeSet:
+    """The free (untaken) positions ``0 .. n-1`` of every row as a hierarchy of bit sets:
+    level 0 holds one bit per position, each higher level one bit per non-empty word of the
+    level below, up to a single word. Nearest-free queries and takes cost a fixed number of
+    tensor operations over the rows (one word per level), without loops over entries."""
+
+    def __init__(self, n_rows: int, n: int, device: torch.device) -> None:
+        self.n = n
+        self.row = torch.arange(n_rows, device=device)
+        self.levels: list[torch.Tensor] = []  # flat [n_rows * words] each
+        self.words: list[int] = []
+        count = n
+        while True:
+            words = -(-count // _BITS)
+            bits = torch.arange(words * _BITS, device=device).view(words, _BITS) < count
+            word = (bits.to(torch.int64) << torch.arange(_BITS, device=device)).sum(dim=1)
+            self.levels.append(word.repeat(n_rows))
+            self.words.append(words)
+            if words == 1:
+                break
+            count = words
+
+    def _word(self, level: int, w: torch.Tensor) -> torch.Tensor:
+        return self.levels[level].index_select(0, self.row * self.words[level] + w.clamp(0, self.words[level] - 1))
+
+    def _descend(self, level: int, idx: torch.Tensor, pick) -> torch.Tensor:
+        for lower in range(level - 1, -1, -1):
+            idx = idx * _BITS + pick(self._word(lower, idx))
+        return idx
+
+    def next_free(self, p: torch.Tensor) -> torch.Tensor:
+        """Smallest free position ``>= p`` per row (``n`` if none); ``p`` in ``[0, n]``."""
+        result = torch.full_like(p, self.n)
+        done = torch.zeros_like(p, dtype=torch.bool)
+        q = p
+        for level, words in enumerate(self.words):
+            w, b = q // _BITS, q % _BITS
+            m = torch.where(w < words, self._word(level, w) & (_FULL ^ ((torch.ones_like(b) << b) - 1)), 0)
+            hit = (m != 0) & ~done
+            idx = self._descend(level, w * _BITS + _lowest_bit(m), _lowest_bit)
+            result = torch.where(hit, idx, result)
+            done |= hit
+            if bool(done.all()):
+                break
+            q = w + 1
+        return result
+
+    def prev_free(self, p: torch.Tensor) -> torch.Tensor:
+        """Largest free position ``<= p`` per row (``-1`` if none); ``p`` in ``[-1, n-1]``."""
+        result = torch.full_like(p, -1)
+        done = torch.zeros_like(p, dtype=torch.bool)
+        q = p
+        for level in range(len(self.words)):
+            w, b = torch.div(q, _BITS, rounding_mode="floor"), q % _BITS
+            m = torch.where(w >= 0, self._word(level, w) & ((2 << b) - 1), 0)
+            hit = (m != 0) & ~done
+            idx = self._descend(level, w * _BITS + _highest_bit(m.clamp(min=1)), lambda x: _highest_bit(x.clamp(min=1)))
+            result = torch.where(hit, idx, result)
+            done |= hit
+            if bool(done.all()):
+                break
+            q = w - 1
+        return result
+
+    def take(self, positions: torch.Tensor, live: torch.Tensor | None = None) -> None:
+        """Mark ``positions`` (one per row) taken; rows with ``live`` False are left alone."""
+        clear = torch.ones_like(positions, dtype=torch.bool) if live is None else live
+        q = positions
+        for level, words in enumerate(self.words):
+            w, b = q // _BITS, q % _BITS
+            at = self.row * words + w.clamp(0, words - 1)
+            word = self.levels[level].index_select(0, at)
+            new = torch.where(clear, word & ~(torch.ones_like(b) << b), word)
+            self.levels[level].index_copy_(0, at, new)
+            clear = clear & (new == 0)
+            if not bool(clear.any()):
+                break
+            q = w
+
+    def taken(self) -> torch.Tensor:
+        """Bool ``[n_rows, n]``: True where taken."""
+        words = self.levels[0].view(len(self.row), self.words[0], 1)
+        bits = (words >> torch.arange(_BITS, device=words.device)) & 1
+        return (bits.view(len(self.row), -1)[:, : self.n] == 0)
 
 
 def greedy_take(rows: torch.Tensor, grid: torch.Tensor, ranks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -161,28 +234,40 @@ def greedy_take(rows: torch.Tensor, grid: torch.Tensor, ranks: torch.Tensor, val
     take the nearest untaken entry of their row (ties: lower index). ``rows`` ``[R, n]``,
     ``grid``/``ranks``/``valid`` ``[R, K]`` (invalid points take nothing; at most ``n``
     valid points per row). Returns a bool mask ``[R, n]``."""
-    xs, perm = torch.sort(rows.to(torch.float64), dim=1, stable=True)
-    taken = torch.zeros_like(xs, dtype=torch.bool)
-    pending = valid.clone()
-    active = torch.nonzero(pending.any(dim=1)).view(-1)
-    while active.numel():
-        a_xs, a_perm, a_grid = xs[active], perm[active], grid[active]
-        a_ranks, a_pend, a_taken = ranks[active], pending[active], taken[active]
-        guess = _speculate(a_taken, a_xs, a_perm, a_grid, a_ranks, a_pend)
-        spec = torch.full_like(a_xs, _NONE, dtype=torch.int64)
-        spec.scatter_reduce_(1, torch.where(a_pend, guess, 0), torch.where(a_pend, a_ranks, _NONE), "amin")
-        spec = torch.where(a_taken, -1, spec)
-        truth = _nearest(_RangeMax(spec), a_xs, a_perm, a_grid, a_ranks)
-        wrong = a_pend & (truth != guess)
-        cut = torch.where(wrong, a_ranks, _NONE).amin(dim=1, keepdim=True)
-        commit = a_pend & (a_ranks <= cut)
-        chosen = torch.where(a_ranks == cut, truth, guess)
-        hits = torch.zeros_like(a_xs, dtype=torch.int64).scatter_add_(1, chosen, commit.long())
-        a_taken = a_taken | (hits > 0)
-        taken[active] = a_taken
-        pending[active] = a_pend & ~commit
-        active = active[pending[active].any(dim=1)]
-    return torch.zeros_like(taken).scatter_(1, perm, taken)
+    xs, perm = torch.sort(rows, dim=1, stable=True)  # (float32 rows sort faster, same order)
+    xs = xs.to(torch.float64)
+    n_rows, n = xs.shape
+    dev = xs.device
+    order = torch.argsort(ranks, dim=1, stable=True)
+    points = grid.to(torch.float64).gather(1, order)
+    live = valid.gather(1, order)
+    right_of = torch.searchsorted(xs, points, right=False)  # first sorted entry >= point
+    free = _FreeSet(n_rows, n, dev)
+    row = free.row
+    starts = torch.ones_like(xs, dtype=torch.bool)
+    starts[:, 1:] = xs[:, 1:] != xs[:, :-1]
+    group_start = None
+    if not bool(starts.all()):  # first sorted position of each run of equal values
+        positions = torch.arange(n, device=dev).expand(n_rows, n)
+        group_start = torch.where(starts, positions, 0).cummax(dim=1).values.reshape(-1)
+    flat_xs, flat_perm = xs.reshape(-1), perm.reshape(-1)
+    inf = torch.tensor(math.inf, dtype=torch.float64, device=dev)
+    for t in range(points.shape[1]):
+        g = points[:, t]
+        right = free.next_free(right_of[:, t])
+        left = free.prev_free(right_of[:, t] - 1)
+        has_left, has_right = left >= 0, right < n
+        left, right = left.clamp(min=0), right.clamp(max=n - 1)
+        if group_start is not None:  # among equal values the lowest index is the leftmost free
+            first = group_start.index_select(0, row * n + left)
+            if not torch.equal(first, left):
+                left = free.next_free(first).clamp(max=n - 1)
+        d_left = torch.where(has_left, g - flat_xs.index_select(0, row * n + left), inf)
+        d_right = torch.where(has_right, flat_xs.index_select(0, row * n + right) - g, inf)
+        tie = (d_left == d_right) & (flat_perm.index_select(0, row * n + left) < flat_perm.index_select(0, row * n + right))
+        chosen = torch.where((d_left < d_right) | tie, left, right)
+        free.take(chosen, None if bool(live[:, t].all()) else live[:, t])
+    return torch.zeros_like(starts).scatter_(1, perm, free.taken())
 
 
 def keep_per_row(k: int | torch.Tensor, rows: int, width: int) -> torch.Tensor:
@@ -202,15 +287,14 @@ def ken_select(
     k: int | torch.Tensor,
     *,
     round_density: bool = True,
-    density_dtype: torch.dtype | None = None,
-    chunk_elements: int = 1 << 24,
+    chunk_elements: int = 1 << 23,
 ) -> torch.Tensor:
     """KEN keep-mask of ``rows`` ``[R, n]`` (bool, same shape and device): exactly
     ``min(k[r], n)`` entries per row, chosen as the module docstring specifies.
 
-    ``k``: an int or one count per row. Rows are processed in chunks so that the density
-    evaluation holds at most ``chunk_elements`` kernel values at a time.
-    ``density_dtype`` defaults to the rows' dtype when it is float32 or wider, else float32.
+    ``k``: an int or one count per row. Rows are processed in chunks of at most
+    ``chunk_elements`` entries (memory stays ~50 bytes per entry of a chunk); larger chunks
+    run faster, since the greedy advances all rows of a chunk together.
     """
     if rows.dim() != 2:
         raise SecateursError(f"ken_select wants a [rows, width] tensor, got shape {tuple(rows.shape)}")
@@ -218,27 +302,67 @@ def ken_select(
     keep = keep_per_row(k, n_rows, width)
     if not torch.isfinite(rows).all():
         raise SecateursError("KEN cannot select among non-finite values (NaN or inf in the tensor)")
-    dtype = density_dtype or (rows.dtype if rows.dtype in (torch.float32, torch.float64) else torch.float32)
     out = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
-    kmax = int(keep.max()) if n_rows else 0
-    step = max(1, chunk_elements // max(1, kmax * width))
+    step = max(1, chunk_elements // max(1, width))
     for start in range(0, n_rows, step):
-        chunk = rows[start : start + step].to(torch.float64)
-        kc = keep[start : start + step].to(rows.device)
-        out[start : start + step] = _select_chunk(chunk, kc, round_density, dtype)
+        chunk = rows[start : start + step].detach()
+        if chunk.dtype not in (torch.float32, torch.float64):
+            chunk = chunk.to(torch.float32)
+        out[start : start + step] = _select_chunk(chunk, keep[start : start + step].to(rows.device), round_density)
     return out
 
 
-def _select_chunk(x: torch.Tensor, keep: torch.Tensor, round_density: bool, dtype: torch.dtype) -> torch.Tensor:
+def _select_chunk(rows: torch.Tensor, keep: torch.Tensor, round_density: bool) -> torch.Tensor:
+    x = rows.to(torch.float64)
     kmax = int(keep.max())
     valid = torch.arange(kmax, device=x.device).view(1, -1) < keep.view(-1, 1)
     lo, hi = x.min(dim=1).values, x.max(dim=1).values
     # rows with fewer points: their own linspace, padded (padding never takes an entry)
     grid = grid_points(lo, hi, keep, kmax)
-    dens = grid_density(x, grid, silverman_bandwidth(x), dtype)
-    if round_density:
-        dens = torch.round(dens)
-    return greedy_take(x, grid, priority_ranks(dens, valid), valid)
+    h = silverman_bandwidth(x)
+    dens = rounded_density(x, grid, lo, hi, keep, h) if round_density else _exact_density(x, grid, h)
+    return greedy_take(rows, grid, priority_ranks(dens, valid), valid)
+
+
+def rounded_density(
+    x: torch.Tensor, grid: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, keep: torch.Tensor, h: torch.Tensor
+) -> torch.Tensor:
+    """``round(density)`` at the grid points, equal to rounding the float64 density: the fast
+    float32 density decides every point farther than its error bound from a rounding
+    boundary; the few others are recomputed directly in float64."""
+    kmax, n = grid.shape[1], x.shape[1]
+    h_safe = torch.where(h > 0, h, torch.ones_like(h))
+    # rows with similar grid steps share a block shape (one odd row must not shrink the blocks
+    # of all the others): sorted by step, in chunks of ~2^22 table entries
+    step = grid_step(lo, hi, keep, h_safe)
+    order = torch.argsort(step)
+    dens = torch.empty(grid.shape, dtype=torch.float64, device=x.device)
+    bound = torch.empty_like(dens)
+    def table_entries(last: int) -> int:  # per row, for rows up to sorted position ``last``
+        q1, q2, blocks = _block_shape(float(step[order[last]]), kmax)
+        return blocks * (q1 + q2) * n
+
+    start = 0
+    while start < len(order):
+        count = max(1, min(len(order) - start, (1 << 22) // table_entries(start)))
+        while count > 1 and count * table_entries(start + count - 1) > 1 << 22:
+            count //= 2
+        idx = order[start : start + count]
+        dens[idx], bound[idx] = fast_grid_density(x[idx], lo[idx], hi[idx], keep[idx], kmax, h[idx])
+        start += count
+    unsure = (dens - torch.floor(dens) - 0.5).abs() <= bound
+    r, j = torch.nonzero(unsure, as_tuple=True)
+    if r.numel():
+        exact = grid_density(x[r], grid[r, j].view(-1, 1), h[r], torch.float64)
+        dens[r, j] = exact.view(-1)
+    return torch.round(dens)
+
+
+def _exact_density(x: torch.Tensor, grid: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The float64 density at every grid point, directly (for unrounded priorities)."""
+    per = max(1, (1 << 22) // max(1, x.shape[1] * grid.shape[1]))
+    return torch.cat([grid_density(x[s : s + per], grid[s : s + per], h[s : s + per], torch.float64)
+                      for s in range(0, x.shape[0], per)])
 
 
 def grid_points(lo: torch.Tensor, hi: torch.Tensor, keep: torch.Tensor, kmax: int) -> torch.Tensor:
