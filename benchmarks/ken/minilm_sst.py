@@ -23,7 +23,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from secateurs import assets
 from secateurs.corpora import movie_reviews
 
-TRAIN = 3000
+TRAIN = 4000
 TEST = 2000
 EPOCHS = 2
 BATCH = 32

@@ -13,7 +13,7 @@ keeps what it finished; a rerun skips configurations already in the file.
 Configurations run in priority order (``--list``): dense; Wanda at 70% alone, with OWL,
 with NeuroAL (cheap search, then the published defaults); then the quality grid (Wanda
 80%, magnitude 70 and 80%, both 60%) with the cheap search; SparseGPT (block step only);
-more search options.
+more search options; the published defaults on Wanda at 60% and 80%.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def configurations() -> list[dict]:
         w70("seqlen32", {"search_seqlen": 32}),
         w70("samples2", {"search_samples": 2}),
         w70("coarse", COARSE),
+        config("wanda/neuroal/0.6", "wanda", {"name": "neuroal"}, 0.6),  # the published defaults
+        config("wanda/neuroal/0.8", "wanda", {"name": "neuroal"}, 0.8),
     ]
     seen, unique = set(), []
     for c in out:

@@ -81,7 +81,7 @@ def fast_grid_density(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, ke
     the entries is the product of a ``[Q1, n]`` and an ``[n, Q2]`` table: ``Q1 + Q2``
     exponentials per entry and block instead of ``Q1 * Q2``. Blocks span at most ``_SPAN``
     bandwidths and entries beyond ``_WINDOW`` of a block are dropped, which keeps every
-    exponent of the kept entries within [-60, 40], safe in float32.
+    exponent within [-80, 40] (the lower end clamped), safe in float32.
     """
     n_rows, n = rows.shape
     dev = rows.device
@@ -128,49 +128,56 @@ def priority_ranks(density: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-_BITS = 62  # positions per int64 word (the sign bit and bit 62 stay clear, so shifts are exact)
+_SHIFT = 5
+_BITS = 1 << _SHIFT  # positions per word; 32-bit words in int64 convert to float64 exactly
+_LOW = _BITS - 1
 _FULL = (1 << _BITS) - 1
 
 
 def _lowest_bit(m: torch.Tensor) -> torch.Tensor:
-    """Index of the lowest set bit of each positive ``m`` (exact: one bit converts exactly)."""
+    """Index of the lowest set bit of each positive word ``m``."""
     return torch.frexp((m & -m).to(torch.float64)).exponent.to(torch.int64) - 1
 
 
 def _highest_bit(m: torch.Tensor) -> torch.Tensor:
-    """Index of the highest set bit of each positive ``m < 2^62``."""
-    e = torch.frexp(m.to(torch.float64)).exponent.to(torch.int64) - 1  # may round up by one
-    return e - ((torch.ones_like(e) << e) > m).to(torch.int64)
+    """Index of the highest set bit of each positive word ``m``."""
+    return torch.frexp(m.to(torch.float64)).exponent.to(torch.int64) - 1
 
 
 class _FreeSet:
     """The free (untaken) positions ``0 .. n-1`` of every row as a hierarchy of bit sets:
     level 0 holds one bit per position, each higher level one bit per non-empty word of the
     level below, up to a single word. Nearest-free queries and takes cost a fixed number of
-    tensor operations over the rows (one word per level), without loops over entries."""
+    tensor operations over the rows (one word per level), without loops over entries.
+    Each row's words are stored between two empty guard words (word ``-1`` and ``words``),
+    so queries just past either end need no bounds checks."""
 
     def __init__(self, n_rows: int, n: int, device: torch.device) -> None:
         self.n = n
-        self.row = torch.arange(n_rows, device=device)
-        self.levels: list[torch.Tensor] = []  # flat [n_rows * words] each
+        self.levels: list[torch.Tensor] = []  # flat [n_rows * (words + 2)] each
+        self.bases: list[torch.Tensor] = []  # index of each row's word 0
         self.words: list[int] = []
+        bit = torch.ones(_BITS, dtype=torch.int64, device=device) << torch.arange(_BITS, device=device)
+        self.bit, self.at_or_above, self.at_or_below = bit, _FULL ^ (bit - 1), (bit << 1) - 1
         count = n
         while True:
             words = -(-count // _BITS)
-            bits = torch.arange(words * _BITS, device=device).view(words, _BITS) < count
-            word = (bits.to(torch.int64) << torch.arange(_BITS, device=device)).sum(dim=1)
+            full = torch.arange(words * _BITS, device=device).view(words, _BITS) < count
+            word = torch.zeros(words + 2, dtype=torch.int64, device=device)
+            word[1:-1] = (full.to(torch.int64) * bit).sum(dim=1)
             self.levels.append(word.repeat(n_rows))
+            self.bases.append(torch.arange(n_rows, device=device) * (words + 2) + 1)
             self.words.append(words)
             if words == 1:
                 break
             count = words
 
     def _word(self, level: int, w: torch.Tensor) -> torch.Tensor:
-        return self.levels[level].index_select(0, self.row * self.words[level] + w.clamp(0, self.words[level] - 1))
+        return self.levels[level].index_select(0, self.bases[level] + w)
 
     def _descend(self, level: int, idx: torch.Tensor, pick) -> torch.Tensor:
-        for lower in range(level - 1, -1, -1):
-            idx = idx * _BITS + pick(self._word(lower, idx))
+        for lower in range(level - 1, -1, -1):  # (idx of rows without a hit is junk: clamp)
+            idx = (idx << _SHIFT) + pick(self._word(lower, idx.clamp(-1, self.words[lower])))
         return idx
 
     def next_free(self, p: torch.Tensor) -> torch.Tensor:
@@ -178,11 +185,11 @@ class _FreeSet:
         result = torch.full_like(p, self.n)
         done = torch.zeros_like(p, dtype=torch.bool)
         q = p
-        for level, words in enumerate(self.words):
-            w, b = q // _BITS, q % _BITS
-            m = torch.where(w < words, self._word(level, w) & (_FULL ^ ((torch.ones_like(b) << b) - 1)), 0)
+        for level in range(len(self.words)):
+            w = q >> _SHIFT
+            m = self._word(level, w) & self.at_or_above.index_select(0, q & _LOW)
             hit = (m != 0) & ~done
-            idx = self._descend(level, w * _BITS + _lowest_bit(m), _lowest_bit)
+            idx = self._descend(level, (w << _SHIFT) + _lowest_bit(m), _lowest_bit)
             result = torch.where(hit, idx, result)
             done |= hit
             if bool(done.all()):
@@ -196,10 +203,11 @@ class _FreeSet:
         done = torch.zeros_like(p, dtype=torch.bool)
         q = p
         for level in range(len(self.words)):
-            w, b = torch.div(q, _BITS, rounding_mode="floor"), q % _BITS
-            m = torch.where(w >= 0, self._word(level, w) & ((2 << b) - 1), 0)
+            w = q >> _SHIFT  # (arithmetic shift: position -1 is in guard word -1)
+            m = self._word(level, w) & self.at_or_below.index_select(0, q & _LOW)
             hit = (m != 0) & ~done
-            idx = self._descend(level, w * _BITS + _highest_bit(m.clamp(min=1)), lambda x: _highest_bit(x.clamp(min=1)))
+            highest = lambda x: _highest_bit(x.clamp(min=1))  # noqa: E731
+            idx = self._descend(level, (w << _SHIFT) + highest(m), highest)
             result = torch.where(hit, idx, result)
             done |= hit
             if bool(done.all()):
@@ -209,24 +217,27 @@ class _FreeSet:
 
     def take(self, positions: torch.Tensor, live: torch.Tensor | None = None) -> None:
         """Mark ``positions`` (one per row) taken; rows with ``live`` False are left alone."""
-        clear = torch.ones_like(positions, dtype=torch.bool) if live is None else live
+        clear = live
         q = positions
-        for level, words in enumerate(self.words):
-            w, b = q // _BITS, q % _BITS
-            at = self.row * words + w.clamp(0, words - 1)
+        for level in range(len(self.words)):
+            w = q >> _SHIFT
+            at = self.bases[level] + w
             word = self.levels[level].index_select(0, at)
-            new = torch.where(clear, word & ~(torch.ones_like(b) << b), word)
+            new = word & ~self.bit.index_select(0, q & _LOW)
+            if clear is not None:
+                new = torch.where(clear, new, word)
             self.levels[level].index_copy_(0, at, new)
-            clear = clear & (new == 0)
+            emptied = new == 0
+            clear = emptied if clear is None else clear & emptied
             if not bool(clear.any()):
                 break
             q = w
 
     def taken(self) -> torch.Tensor:
         """Bool ``[n_rows, n]``: True where taken."""
-        words = self.levels[0].view(len(self.row), self.words[0], 1)
-        bits = (words >> torch.arange(_BITS, device=words.device)) & 1
-        return (bits.view(len(self.row), -1)[:, : self.n] == 0)
+        words = self.levels[0].view(len(self.bases[0]), -1)[:, 1:-1]
+        bits = (words.unsqueeze(2) >> torch.arange(_BITS, device=words.device)) & 1
+        return bits.reshape(words.shape[0], -1)[:, : self.n] == 0
 
 
 def greedy_take(rows: torch.Tensor, grid: torch.Tensor, ranks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -239,11 +250,13 @@ def greedy_take(rows: torch.Tensor, grid: torch.Tensor, ranks: torch.Tensor, val
     n_rows, n = xs.shape
     dev = xs.device
     order = torch.argsort(ranks, dim=1, stable=True)
-    points = grid.to(torch.float64).gather(1, order)
-    live = valid.gather(1, order)
-    right_of = torch.searchsorted(xs, points, right=False)  # first sorted entry >= point
+    # one contiguous row per step: [K, R]
+    points = grid.to(torch.float64).gather(1, order).t().contiguous()
+    live = valid.gather(1, order).t().contiguous()
+    right_of = torch.searchsorted(xs, points.t().contiguous(), right=False).t().contiguous()  # first entry >= point
+    all_live = live.all(dim=1).tolist()
     free = _FreeSet(n_rows, n, dev)
-    row = free.row
+    row_start = torch.arange(n_rows, device=dev) * n
     starts = torch.ones_like(xs, dtype=torch.bool)
     starts[:, 1:] = xs[:, 1:] != xs[:, :-1]
     group_start = None
@@ -252,21 +265,21 @@ def greedy_take(rows: torch.Tensor, grid: torch.Tensor, ranks: torch.Tensor, val
         group_start = torch.where(starts, positions, 0).cummax(dim=1).values.reshape(-1)
     flat_xs, flat_perm = xs.reshape(-1), perm.reshape(-1)
     inf = torch.tensor(math.inf, dtype=torch.float64, device=dev)
-    for t in range(points.shape[1]):
-        g = points[:, t]
-        right = free.next_free(right_of[:, t])
-        left = free.prev_free(right_of[:, t] - 1)
+    for t in range(points.shape[0]):
+        g = points[t]
+        right = free.next_free(right_of[t])
+        left = free.prev_free(right_of[t] - 1)
         has_left, has_right = left >= 0, right < n
-        left, right = left.clamp(min=0), right.clamp(max=n - 1)
+        at_left, at_right = row_start + left.clamp(min=0), row_start + right.clamp(max=n - 1)
         if group_start is not None:  # among equal values the lowest index is the leftmost free
-            first = group_start.index_select(0, row * n + left)
-            if not torch.equal(first, left):
-                left = free.next_free(first).clamp(max=n - 1)
-        d_left = torch.where(has_left, g - flat_xs.index_select(0, row * n + left), inf)
-        d_right = torch.where(has_right, flat_xs.index_select(0, row * n + right) - g, inf)
-        tie = (d_left == d_right) & (flat_perm.index_select(0, row * n + left) < flat_perm.index_select(0, row * n + right))
-        chosen = torch.where((d_left < d_right) | tie, left, right)
-        free.take(chosen, None if bool(live[:, t].all()) else live[:, t])
+            first = group_start.index_select(0, at_left)
+            if not torch.equal(first, at_left - row_start):
+                at_left = row_start + free.next_free(first).clamp(max=n - 1)
+        d_left = torch.where(has_left, g - flat_xs.index_select(0, at_left), inf)
+        d_right = torch.where(has_right, flat_xs.index_select(0, at_right) - g, inf)
+        tie = (d_left == d_right) & (flat_perm.index_select(0, at_left) < flat_perm.index_select(0, at_right))
+        chosen = torch.where((d_left < d_right) | tie, at_left, at_right) - row_start
+        free.take(chosen, None if all_live[t] else live[t])
     return torch.zeros_like(starts).scatter_(1, perm, free.taken())
 
 
