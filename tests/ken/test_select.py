@@ -57,6 +57,14 @@ def test_constant_and_single_entry_rows():
     assert ken_select(torch.tensor([[3.0]]), 5).tolist() == [[True]]
 
 
+def test_wide_rows_use_every_level_of_the_free_sets():
+    # 33,000 entries: 4 levels of 32-bit words; rounded values give many equal entries
+    rows = np.round(np.random.default_rng(5).standard_t(3, size=(2, 33_000)) * 0.05, 3)
+    mask = ken_select(torch.as_tensor(rows), 300).numpy()
+    for r in range(2):
+        assert (mask[r] == reference_row(rows[r], 300)).all()
+
+
 @pytest.mark.parametrize("kind", ["normal", "heavy", "few"])
 @pytest.mark.parametrize("k", [1, 2, 7, 60, 300])
 def test_fast_density_is_within_its_bound_of_the_float64_density(kind, k):
