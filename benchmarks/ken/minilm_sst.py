@@ -112,6 +112,25 @@ def accuracy(state: dict[str, torch.Tensor], sentences: list[tuple[str, int]], b
     return correct / len(sentences)
 
 
+def export_folders(target: Path) -> None:
+    """``target/pretrained-minilm`` and ``target/finetuned-minilm`` as ``save_pretrained``
+    folders (model + tokenizer): the inputs of ``plugins/ken/examples/ken-minilm.toml``."""
+    pre, ft = load_states()
+    for name, state in (("pretrained-minilm", pre), ("finetuned-minilm", ft)):
+        model = fresh_model()
+        model.load_state_dict(state)
+        model.save_pretrained(target / name)
+        tokenizer().save_pretrained(target / name)
+        print(target / name)
+
+
 if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Fine-tune MiniLM on movie reviews once (cached).")
+    parser.add_argument("--folders", type=Path, help="also write save_pretrained folders of both models here")
+    args = parser.parse_args()
     torch.set_num_threads(2)
     print(checkpoint())
+    if args.folders:
+        export_folders(args.folders)
