@@ -1,5 +1,5 @@
-"""What every benchmark shares: a description of the machine, and writing
-``benchmarks/results/<name>.json`` atomically (temp file + rename).
+"""What every benchmark shares: a description of the machine, the process's peak RSS,
+and writing ``benchmarks/results/<name>.json`` atomically (temp file + rename).
 
 Benchmark scripts run as ``python benchmarks/<area>/<script>.py``; their area's helpers
 import this module after putting ``benchmarks/`` on ``sys.path``.
@@ -11,10 +11,12 @@ import datetime
 import json
 import os
 import platform
-import tempfile
+import resource
 from pathlib import Path
 
 import torch
+
+from secateurs.outputs import atomic_file
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,13 +33,14 @@ def machine() -> dict:
     }
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (``ru_maxrss``, KiB on Linux), MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def write_results(name: str, payload: dict) -> Path:
     """Write ``benchmarks/results/<name>.json`` atomically and return its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
     target = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=RESULTS)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"machine": machine(), **payload}, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, target)
+    with atomic_file(target) as tmp:
+        tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return target

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from results_io import write_results  # noqa: E402
-
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from results_io import peak_rss_mib, write_results  # noqa: E402
 
 
 def _current_rss_mib() -> float:
@@ -54,7 +51,7 @@ def _calibration(loaded, args):
     return source.batches(loaded)
 
 
-def _job(config: str, args: dict, queue) -> None:
+def _job(config: str, args: dict) -> dict:
     import torch
 
     import secateurs
@@ -94,18 +91,14 @@ def _job(config: str, args: dict, queue) -> None:
         for corpus in ("shakespeare-test", "nyt-test"):
             ppl = manager.evaluators.create("perplexity", corpus=corpus, seqlen=args["seqlen"], max_windows=args["windows"], progress=False)
             out[f"ppl_{corpus}"] = ppl.evaluate(loaded)["perplexity"]
-    out["peak_rss_mib"] = _rss_mib()
-    queue.put(out)
+    out["peak_rss_mib"] = peak_rss_mib()
+    return out
 
 
 def run(config: str, args: dict) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_job, args=(config, args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    """``_job`` in a fresh process (a crash in it raises here instead of hanging)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(_job, config, args).result()
 
 
 def main() -> None:
@@ -116,8 +109,6 @@ def main() -> None:
     parser.add_argument("--configs", default="forward,wanda,magnitude,dense")
     parser.add_argument("--name", default="core_smollm2", help="results file name")
     args = vars(parser.parse_args())
-    import os
-
     rows = []
     for config in args["configs"].split(","):
         rows.append({**run(config, args), "load_average_at_start": os.getloadavg()[0]})
@@ -132,15 +123,15 @@ def _write(args: dict, rows: list[dict]) -> None:
         "one_boundary_activations_mib": args["nsamples"] * args["seqlen"] * hidden * 4 / 2**20,
     }
     if {"forward", "wanda"} <= set(by):
+        wanda, forward = by["wanda"], by["forward"]
         summary |= {
-            "wanda_over_forward_time": by["wanda"]["seconds"] / by["forward"]["seconds"],
-            "wanda_over_forward_cpu_time": by["wanda"]["cpu_seconds"] / by["forward"]["cpu_seconds"],
-            "wanda_peak_over_loaded_mib": by["wanda"]["peak_rss_mib"] - by["wanda"]["rss_loaded_mib"],
-            "forward_peak_over_loaded_mib": by["forward"]["peak_rss_mib"] - by["forward"]["rss_loaded_mib"],
+            "wanda_over_forward_time": wanda["seconds"] / forward["seconds"],
+            "wanda_over_forward_cpu_time": wanda["cpu_seconds"] / forward["cpu_seconds"],
+            "wanda_peak_over_loaded_mib": wanda["peak_rss_mib"] - wanda["rss_loaded_mib"],
+            "forward_peak_over_loaded_mib": forward["peak_rss_mib"] - forward["rss_loaded_mib"],
+            "wanda_phase_peak_over_loaded_mib": wanda["phase_peak_rss_mib"] - wanda["rss_loaded_mib"],
+            "forward_phase_peak_over_loaded_mib": forward["phase_peak_rss_mib"] - forward["rss_loaded_mib"],
         }
-    if "phase_peak_rss_mib" in by.get("wanda", {}):
-        summary["wanda_phase_peak_over_loaded_mib"] = by["wanda"]["phase_peak_rss_mib"] - by["wanda"]["rss_loaded_mib"]
-        summary["forward_phase_peak_over_loaded_mib"] = by["forward"]["phase_peak_rss_mib"] - by["forward"]["rss_loaded_mib"]
     command = "python benchmarks/core/smollm2_wanda.py " + " ".join(f"--{k} {v}" for k, v in args.items())
     path = write_results(args["name"], {"command": command, "args": args, "runs": rows, "summary": summary})
     print(path.read_text(), flush=True)

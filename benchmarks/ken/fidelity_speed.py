@@ -89,7 +89,7 @@ def sweep(state, frac: float) -> list[dict]:
     per_row_ref = ref_seconds / SWEEP_REFERENCE_ROWS
     out = []
     for count in SWEEP_ROWS:
-        _, seconds, cpu = timed(lambda: ken_select(weight[:count], k))
+        _, seconds, _ = timed(lambda: ken_select(weight[:count], k))
         out.append({"fraction": frac, "rows_per_call": count, "ken_us_per_row": 1e6 * seconds / count,
                     "reference_us_per_row": 1e6 * per_row_ref, "speedup": per_row_ref * count / seconds})
     return out

@@ -56,8 +56,7 @@ def fresh_model() -> torch.nn.Module:
 
 def _train(out: Path) -> None:
     out.mkdir(parents=True)
-    torch.manual_seed(SEED)
-    model = fresh_model()
+    model = fresh_model()  # seeds torch
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "pretrained.safetensors"))
     tok = tokenizer()
     train, _ = split()

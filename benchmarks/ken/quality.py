@@ -14,17 +14,17 @@ rows already in the results file are kept and skipped.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import minilm_sst as data  # noqa: E402
+import results_io  # noqa: E402
 
 from secateurs_ken.api import ken_state  # noqa: E402
 from secateurs_ken.delta import load_ken_delta, save_ken_delta  # noqa: E402
@@ -32,7 +32,8 @@ from secateurs_ken.delta import load_ken_delta, save_ken_delta  # noqa: E402
 KS = (32, 96, 192, 288)
 METHODS = ("ken", "ft-magnitude", "delta-magnitude", "random", "dare")
 HEAD_KEPT_METHODS = ("ken", "random")
-OUT = Path(__file__).resolve().parents[1] / "results" / "ken_quality.json"
+NAME = "ken_quality"
+OUT = results_io.RESULTS / f"{NAME}.json"
 
 
 def configurations() -> list[tuple[str, int, bool]]:
@@ -75,13 +76,8 @@ def main() -> None:
                 continue
             rows.append(evaluate(pre, ft, test, method, k, head_kept, Path(tmp), full.stat().st_size))
             print(rows[-1], flush=True)
-            result = {"date": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg()[0],
-                      "train": json.loads((data.checkpoint() / "train.json").read_text()),
-                      "test_sentences": len(test), "rows": rows}
-            OUT.parent.mkdir(parents=True, exist_ok=True)
-            tmp_out = OUT.with_suffix(".tmp")
-            tmp_out.write_text(json.dumps(result, indent=2))
-            os.replace(tmp_out, OUT)
+            results_io.write_results(NAME, {"train": json.loads((data.checkpoint() / "train.json").read_text()),
+                                            "test_sentences": len(test), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -16,26 +16,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "benchmarks" / "results" / "llm_quality.json"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import results_io  # noqa: E402
+from results_io import peak_rss_mib, write_results  # noqa: E402
+
+NAME = "llm_quality"
+RESULTS = results_io.RESULTS / f"{NAME}.json"
 MODEL = "smollm2-135m"
 LEVELS = ("0.5", "0.7", "2:4", "0.6")
+WANDA = {"name": "wanda"}
 METHODS: dict[str, dict[str, Any]] = {
     "magnitude": {"scorer": {"name": "magnitude", "comparison": "matrix"}, "allocator": "uniform", "applier": "zero"},
-    "wanda": {"scorer": "wanda", "allocator": "uniform", "applier": "zero"},
-    "sparsegpt": {"scorer": "wanda", "allocator": "uniform", "applier": "sparsegpt"},
-    "owl+wanda": {"scorer": "wanda", "allocator": "owl", "applier": "zero"},
-    "owl+sparsegpt": {"scorer": "wanda", "allocator": "owl", "applier": "sparsegpt"},
+    "wanda": {"scorer": WANDA, "allocator": "uniform", "applier": "zero"},
+    "sparsegpt": {"scorer": WANDA, "allocator": "uniform", "applier": "sparsegpt"},
+    "owl+wanda": {"scorer": WANDA, "allocator": "owl", "applier": "zero"},
+    "owl+sparsegpt": {"scorer": WANDA, "allocator": "owl", "applier": "sparsegpt"},
 }
 
 
@@ -46,21 +48,12 @@ def configurations() -> list[dict[str, str]]:
     return out
 
 
-def _part(recipe: dict[str, Any], kind: str, extra: dict[str, Any] | None = None):
-    from secateurs.plugins import get_manager
-
-    value = recipe[kind]
-    params = {} if isinstance(value, str) else {k: v for k, v in value.items() if k != "name"}
-    name = value if isinstance(value, str) else value["name"]
-    registry = {"scorer": "scorers", "allocator": "allocators", "applier": "appliers"}[kind]
-    return getattr(get_manager(), registry).create(name, **params, **(extra or {}))
-
-
 def child(config: dict[str, Any]) -> dict[str, Any]:
     """One configuration, in this process: load, (calibrate, prune), evaluate."""
     from secateurs.builtins.text import Perplexity, TextCalibration
     from secateurs.loading import load
     from secateurs.pipeline import PruneSpec, prune_model
+    from secateurs.plugins import get_manager
 
     loaded = load(MODEL, device="cpu", dtype="float32")
     out: dict[str, Any] = dict(config)
@@ -68,14 +61,15 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
         recipe = METHODS[config["method"]]
         level = config["level"]
         nm = level == "2:4"
+        manager = get_manager()
         calibration = TextCalibration(
             corpus="shakespeare-train", nsamples=config["nsamples"], seqlen=config["seqlen"], seed=0,
             batch_size=config["batch_size"],
         ).batches(loaded)
         spec = PruneSpec(
-            scorer=_part(recipe, "scorer"),
-            allocator=_part(recipe, "allocator"),
-            applier=_part(recipe, "applier", {"pattern": "2:4"} if nm else None),
+            scorer=manager.scorers.create(**recipe["scorer"]),
+            allocator=manager.allocators.create(recipe["allocator"]),
+            applier=manager.appliers.create(recipe["applier"], **({"pattern": "2:4"} if nm else {})),
             sparsity=0.5 if nm else float(level),
             calibration=calibration,
             progress=False,
@@ -89,23 +83,15 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
             timings=result.timings,
             owl=result.records.get("owl"),
         )
-    out["peak_rss_prune_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_prune_mib"] = peak_rss_mib()
     evaluator = Perplexity(
         corpus="shakespeare-test", seqlen=config["eval_seqlen"], max_windows=config["eval_windows"], progress=False
     )
     wall0 = time.perf_counter()
     out["perplexity"] = evaluator.evaluate(loaded)["perplexity"]
     out["eval_wall_s"] = time.perf_counter() - wall0
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = peak_rss_mib()
     return out
-
-
-def _write(data: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".llm_quality.", dir=RESULTS.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, RESULTS)
 
 
 def _key(config: dict[str, Any]) -> str:
@@ -175,13 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     data: dict[str, Any] = {"runs": []}
     if RESULTS.is_file() and not args.fresh:
         data = json.loads(RESULTS.read_text())
+        data.pop("machine", None)  # write_results describes this run's machine
         if data.get("settings") != settings:
             data = {"runs": []}
     data.update(
         settings=settings,
         model=MODEL,
         command=" ".join([".venv/bin/python", "benchmarks/llm/quality.py", *(argv if argv is not None else sys.argv[1:])]),
-        machine={"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
     )
     done = {_key(r) for r in data["runs"] if "perplexity" in r}
     for config in configurations():
@@ -200,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
             run["error"] = proc.stderr.strip().splitlines()[-1:] or ["exit code %d" % proc.returncode]
         data["runs"] = [r for r in data["runs"] if _key(r) != key] + [run]
         data["ratios"] = ratios(data["runs"])
-        _write(data)
+        write_results(NAME, data)
         print(f"{key}: {run.get('perplexity', run.get('error'))} ({run.get('prune_wall_s', 0):.0f} s)", flush=True)
     print(table(data["runs"]))
     print(json.dumps(data.get("ratios", {}), indent=2))

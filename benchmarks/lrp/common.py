@@ -1,5 +1,5 @@
-"""Shared helpers of the LRP benchmarks: the Fashion-MNIST models and data splits, the
-machine description, and atomic JSON results.
+"""Shared helpers of the LRP benchmarks: the Fashion-MNIST models and data splits, and
+atomic JSON results (``benchmarks/results_io.py``).
 
 Evaluation images come from the Fashion-MNIST test split, permuted once (seed 1234):
 the first ``tune`` images are the held-out subset the composite search optimises on,
@@ -23,7 +23,7 @@ from secateurs_timm.base import spec_of
 from secateurs_timm.data import load_split, preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from results_io import RESULTS, machine, write_results  # noqa: E402,F401
+from results_io import RESULTS, write_results  # noqa: E402,F401
 
 REFERENCE_SAMPLES, PER_CLASS = 300, 10
 KINDS = {"vgg": ("channels",), "resnet": ("channels",), "vit": ("neurons", "heads")}
@@ -55,7 +55,7 @@ class SplitAccuracy:
         return {"accuracy": correct / len(labels)}
 
 
-def curve_setup(model: str, kind: str, evaluator, scorer: str = "lrp", params: dict | None = None) -> CurveParts:
+def curve_setup(model: str, kind: str, evaluator) -> CurveParts:
     """The packaged Fashion-MNIST ``model`` (vgg / resnet / vit) pruned by ``kind`` with the
     global allocator and the zero applier; reference set: 10 per class of 300 training images."""
     manager = get_manager()
@@ -63,7 +63,7 @@ def curve_setup(model: str, kind: str, evaluator, scorer: str = "lrp", params: d
     calibration = manager.calibration_sources.create("images", nsamples=REFERENCE_SAMPLES, batch_size=50, seed=0)
     return CurveParts(
         loaded=loaded,
-        make_scorer=lambda: manager.scorers.create(scorer, **(params or {})),
+        make_scorer=lambda: manager.scorers.create("lrp"),
         make_allocator=lambda: manager.allocators.create("global"),
         make_applier=lambda: manager.appliers.create("zero"),
         calibration=calibration.batches(loaded),

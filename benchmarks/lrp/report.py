@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_io import RESULTS  # noqa: E402
 
 
 def curves() -> None:

@@ -18,15 +18,15 @@ for the search options. Writes ``benchmarks/results/neuroal_cost_model.json``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "benchmarks" / "results" / "neuroal_cost_model.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_io import write_results  # noqa: E402
+
 SEQLENS = (32, 64, 256, 1024, 2048)
 BLOCK_GRID, ROW_GRID = 14, 14  # published grids (row grid without λ = 0, which is reused)
 COARSE = 6, 5
@@ -107,11 +107,7 @@ def main() -> None:
     for name, (n, seq, s, ss) in scenarios.items():
         out["predicted"][name] = predict(m, n, seq, s, ss)
         out["predicted"][name + ", coarse grids 6+5"] = predict(m, n, seq, s, ss, COARSE)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(tmp, RESULTS)
+    write_results("neuroal_cost_model", out)
     print(json.dumps(m, indent=2))
     print("| scenario | Wanda CPU s | + search forwards | + search masks | NeuroAL / Wanda | forwards only |")
     print("|---|---|---|---|---|---|")

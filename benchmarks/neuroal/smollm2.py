@@ -27,8 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "benchmarks" / "results" / "neuroal_smollm2.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import results_io  # noqa: E402
+from results_io import peak_rss_mib, write_results  # noqa: E402
+
+NAME = "neuroal_smollm2"
+RESULTS = results_io.RESULTS / f"{NAME}.json"
 MODEL = "smollm2-135m"
 CALIBRATION = {"name": "text", "corpus": "shakespeare-train", "nsamples": 16, "seqlen": 64}
 EVALUATION = {"corpus": "shakespeare-test", "seqlen": 256, "max_windows": 6}
@@ -75,12 +79,8 @@ def configurations() -> list[dict]:
         config("wanda/neuroal/0.6", "wanda", {"name": "neuroal"}, 0.6),  # the published defaults
         config("wanda/neuroal/0.8", "wanda", {"name": "neuroal"}, 0.8),
     ]
-    seen, unique = set(), []
-    for c in out:
-        if c["name"] not in seen:
-            seen.add(c["name"])
-            unique.append(c)
-    return unique
+    assert len({c["name"] for c in out}) == len(out), "configuration names must be unique"
+    return out
 
 
 def run_one(cfg: dict) -> dict:
@@ -137,18 +137,14 @@ def run_one(cfg: dict) -> dict:
 def measure(cfg: dict) -> dict:
     """Run ``cfg`` in a subprocess; add its wall time and peak RSS."""
     started = time.perf_counter()
-    proc = subprocess.Popen(
+    proc = subprocess.run(
         [sys.executable, __file__, "--config", json.dumps(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_child_env(),
+        capture_output=True, text=True, env=_child_env(), check=False,
     )
-    out, err = proc.communicate()
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        return {"name": cfg["name"], "error": err.strip().splitlines()[-5:], "wall_seconds": wall}
-    row = json.loads(out.strip().splitlines()[-1])
+        return {"name": cfg["name"], "error": proc.stderr.strip().splitlines()[-5:], "wall_seconds": wall}
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"name": cfg["name"], **{k: v for k, v in cfg.items() if k != "name"}, **row, "wall_seconds": wall}
 
 
@@ -159,26 +155,9 @@ def _child_env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false", "PYTHONPYCACHEPREFIX": str(cache)}
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (the configuration's subprocess), MiB."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def save(rows: list[dict]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "model": MODEL,
-        "calibration": CALIBRATION,
-        "evaluation": EVALUATION,
-        "threads": THREADS,
-        "rows": rows,
-    }
-    fd, tmp = tempfile.mkstemp(prefix=".neuroal_smollm2.", suffix=".json", dir=RESULTS.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, RESULTS)
+    payload = {"model": MODEL, "calibration": CALIBRATION, "evaluation": EVALUATION, "threads": THREADS, "rows": rows}
+    write_results(NAME, payload)
 
 
 def main() -> None:
@@ -189,7 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.config:
         row = run_one(json.loads(args.config))
-        row["peak_rss_mb"] = peak_rss_mb()
+        row["peak_rss_mb"] = peak_rss_mib()
         print(json.dumps(row))
         return
     configs = configurations()

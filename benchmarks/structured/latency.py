@@ -17,20 +17,21 @@ proportional estimate: the dense encoder's matmul FLOPs over the pruned one's
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from secateurs.corpora import movie_reviews
 from secateurs.loading import load
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.plugins import get_manager
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "structured_latency.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_io import write_results  # noqa: E402
+
 FRACTIONS = (0.25, 0.5)
 BATCHES = (1, 32)
 
@@ -67,8 +68,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from secateurs.corpora import movie_reviews
-
     dense = load("minilm-l6")
     models = {"dense": dense, **{f"remove {int(f * 100)}% neurons": remove_neurons(f) for f in FRACTIONS}}
     sentences = [s for s, _ in movie_reviews()][:64]
@@ -115,25 +114,12 @@ def main() -> None:
             print(f"batch {size:>2}  {name:<22} {r['params']:>11,} params  wall {r['latency_ms']:8.1f} ms "
                   f"x{r['speedup']:.2f}  cpu {r['cpu_ms']:8.1f} ms x{r['cpu_speedup']:.2f}  "
                   f"(proportional x{r['expected_speedup']:.2f})")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    out = {
+    path = write_results("structured_latency", {
         "benchmark": "structured/latency",
         "model": "minilm-l6 (all-MiniLM-L6-v2, BertModel)",
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "load_average_at_end": os.getloadavg(),
-        },
-        "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
-    }
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(RESULTS)
-    print(f"wrote {RESULTS}")
+    })
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

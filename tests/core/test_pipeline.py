@@ -12,6 +12,8 @@ from secateurs.errors import SecateursError
 from secateurs.pipeline import PruneSpec, Session, capture_inputs, prune_model
 from secateurs.plugins import PluginManager
 from secateurs.protocols import LoadedModel
+from secateurs.stats import collect_stats
+from secateurs.types import Unit
 
 MANAGER = PluginManager(load_entry_points=True)
 
@@ -180,3 +182,17 @@ def test_targets_key_each_tensor_of_a_module_separately():
         "model.layers.0.self_attn.q_proj.weight",
     ]
     assert (q.bias == 0).sum() == q.bias.numel() // 2 and (q.weight == 0).sum() == q.weight.numel() // 2
+
+
+def test_units_sharing_a_module_get_the_same_correctly_scaled_statistics():
+    """One accumulator per module: its in-place Hessian scaling must happen once."""
+    linear = torch.nn.Linear(3, 2)
+    units = [Unit("w", linear, "weight"), Unit("b", linear, "bias")]
+    x = torch.randn(4, 5, 3)
+    with collect_stats(units, hessian=True) as collection:
+        linear(x)
+    flat = x.reshape(-1, 3)
+    for unit in units:
+        stats = collection.stats[unit.name]
+        torch.testing.assert_close(stats.hessian, flat.T @ flat * (2.0 / 4))
+        torch.testing.assert_close(stats.sq_norm, flat.pow(2).sum(0) / 4)

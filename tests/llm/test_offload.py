@@ -7,21 +7,15 @@ import torch
 from safetensors.torch import load_file
 
 import secateurs
+from llm_helpers import tiny_llama, wanda_spec
 from lm_models import tiny_causal_lm, token_batches
 from secateurs.errors import SecateursError
 from secateurs.offload import dispatch, materialized
-from secateurs.pipeline import PruneSpec, prune_model
-from secateurs.plugins import get_manager
-from secateurs.protocols import LoadedModel
-from secateurs_transformers.llama import LlamaFamilyAdapter
+from secateurs.pipeline import prune_model
 
 pytest.importorskip("accelerate")
 
 LAYERS = 4
-
-
-def _loaded() -> LoadedModel:
-    return LoadedModel(tiny_causal_lm("llama", layers=LAYERS), LlamaFamilyAdapter(), "tiny")
 
 
 def _model_bytes(model: torch.nn.Module) -> int:
@@ -34,18 +28,6 @@ def _budget(model: torch.nn.Module) -> int:
     return _model_bytes(model) - 2 * block
 
 
-def _spec(applier: str, allocator: str) -> PruneSpec:
-    manager = get_manager()
-    return PruneSpec(
-        scorer=manager.scorers.create("wanda"),
-        allocator=manager.allocators.create(allocator),
-        applier=manager.appliers.create(applier),
-        sparsity=0.6,
-        calibration=token_batches(4, 32),
-        progress=False,
-    )
-
-
 def _logits(model: torch.nn.Module) -> torch.Tensor:
     with torch.no_grad():
         return model(**token_batches(2, 32, seed=5)[0], use_cache=False).logits
@@ -53,7 +35,7 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 
 @pytest.mark.parametrize("applier,allocator", [("zero", "uniform"), ("sparsegpt", "owl")])
 def test_offloaded_run_equals_the_resident_run(tmp_path, applier, allocator):
-    resident, offloaded = _loaded(), _loaded()
+    resident, offloaded = tiny_llama(LAYERS), tiny_llama(LAYERS)
     budget = _budget(offloaded.model)
     assert budget < _model_bytes(offloaded.model)
     device_map = dispatch(offloaded, max_memory=budget, offload_folder=tmp_path)
@@ -62,12 +44,12 @@ def test_offloaded_run_equals_the_resident_run(tmp_path, applier, allocator):
     last = offloaded.model.model.layers[LAYERS - 1]
     assert last.mlp.down_proj.weight.device.type == "meta"
 
-    r1 = prune_model(resident, _spec(applier, allocator))
-    r2 = prune_model(offloaded, _spec(applier, allocator))
+    r1 = prune_model(resident, wanda_spec(allocator, applier))
+    r2 = prune_model(offloaded, wanda_spec(allocator, applier))
     assert r2.sparsity == pytest.approx(r1.sparsity)
     assert last.mlp.down_proj.weight.device.type == "meta"  # offloaded again after pruning
     assert torch.allclose(_logits(offloaded.model), _logits(resident.model), atol=1e-5)
-    dense = _logits(_loaded().model)
+    dense = _logits(tiny_llama(LAYERS).model)
     assert not torch.allclose(_logits(offloaded.model), dense, atol=1e-3)  # the offloaded blocks were pruned
     with materialized(last):
         assert torch.allclose(last.mlp.down_proj.weight, resident.model.model.layers[LAYERS - 1].mlp.down_proj.weight, atol=1e-6)
@@ -97,7 +79,7 @@ def test_recipe_with_a_memory_budget_exports_the_same_model(tiny_lm_dir, text_fi
 
 
 def test_materialized_is_a_no_op_without_hooks_and_refuses_parent_offload(tmp_path):
-    loaded = _loaded()
+    loaded = tiny_llama(LAYERS)
     block = loaded.model.model.layers[0]
     before = block.mlp.up_proj.weight
     with materialized(block):
@@ -113,4 +95,4 @@ def test_materialized_is_a_no_op_without_hooks_and_refuses_parent_offload(tmp_pa
 
 def test_a_budget_too_small_for_the_embeddings_is_refused(tmp_path):
     with pytest.raises(SecateursError, match="too small"):
-        dispatch(_loaded(), max_memory=1000, offload_folder=tmp_path)
+        dispatch(tiny_llama(LAYERS), max_memory=1000, offload_folder=tmp_path)

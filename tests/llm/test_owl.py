@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm_models import tiny_causal_lm, token_batches
+from llm_helpers import tiny_llama, wanda_spec
 from secateurs.builtins.owl import outlier_ratio, owl_sparsities
 from secateurs.errors import SecateursError
-from secateurs.pipeline import PruneSpec, prune_model
+from secateurs.pipeline import prune_model
 from secateurs.plugins import get_manager
 from secateurs.protocols import LoadedModel
 from secateurs_transformers.llama import LlamaFamilyAdapter
@@ -38,26 +38,10 @@ def test_equal_ratios_give_the_target_everywhere_and_bad_lambda_is_refused():
         owl_sparsities(torch.tensor([0.0, 1.0]), 0.05, 0.08)
 
 
-def _loaded(layers: int = 4) -> LoadedModel:
-    return LoadedModel(tiny_causal_lm("llama", layers=layers), LlamaFamilyAdapter(), "tiny")
-
-
-def _spec(allocator: str, applier: str = "zero", sparsity: float = 0.6, **params) -> PruneSpec:
-    manager = get_manager()
-    return PruneSpec(
-        scorer=manager.scorers.create("wanda"),
-        allocator=manager.allocators.create(allocator, **params),
-        applier=manager.appliers.create(applier),
-        sparsity=sparsity,
-        calibration=token_batches(4, 32),
-        progress=False,
-    )
-
-
 @pytest.mark.parametrize("applier", ["zero", "sparsegpt"])
 def test_owl_run_keeps_the_target_and_records_every_block(applier):
-    loaded = _loaded()
-    result = prune_model(loaded, _spec("owl", applier, 0.6))
+    loaded = tiny_llama(layers=4)
+    result = prune_model(loaded, wanda_spec("owl", applier, sparsity=0.6))
     record = result.records["owl"]
     blocks = [b.name for b in LlamaFamilyAdapter().blocks(loaded.model)]
     assert list(record["outlier_ratio"]) == list(record["sparsity"]) == blocks
@@ -70,13 +54,13 @@ def test_owl_run_keeps_the_target_and_records_every_block(applier):
 
 
 def test_a_block_with_planted_outliers_gets_the_lowest_sparsity():
-    loaded = _loaded()
+    loaded = tiny_llama(layers=4)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for linear in (loaded.model.model.layers[2].mlp.up_proj, loaded.model.model.layers[2].self_attn.q_proj):
             idx = torch.randint(0, linear.weight.numel(), (500,), generator=gen)
             linear.weight.view(-1)[idx] *= 30.0
-    result = prune_model(loaded, _spec("owl", lam=0.05))
+    result = prune_model(loaded, wanda_spec("owl", lam=0.05))
     ratios, sparsity = result.records["owl"]["outlier_ratio"], result.records["owl"]["sparsity"]
     assert max(ratios, key=ratios.get) == "model.layers.2"
     assert min(sparsity, key=sparsity.get) == "model.layers.2"
@@ -90,10 +74,10 @@ def _count_block_calls(loaded: LoadedModel) -> list[int]:
 
 
 def test_owl_overhead_is_exactly_one_dense_pass():
-    base, owl = _loaded(), _loaded()
+    base, owl = tiny_llama(layers=4), tiny_llama(layers=4)
     base_calls, owl_calls = _count_block_calls(base), _count_block_calls(owl)
-    prune_model(base, _spec("uniform"))
-    prune_model(owl, _spec("owl"))
+    prune_model(base, wanda_spec("uniform"))
+    prune_model(owl, wanda_spec("owl"))
     samples, layers = 4, 4
     # uniform: capture (block 0's pre-hook fires once), then collect + propagate per block
     # (the last block is not propagated)

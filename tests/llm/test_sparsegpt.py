@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llm_helpers import tiny_llama, wanda_spec
 from lm_models import tiny_causal_lm, token_batches
 from secateurs.builtins.sparsegpt import SparseGPTApplier, inverse_hessian_factor, sparsegpt_prune
 from secateurs.errors import SecateursError
-from secateurs.pipeline import PruneSpec, prune_model
+from secateurs.pipeline import prune_model
 from secateurs.plugins import get_manager
 from secateurs.protocols import BlockContext, LoadedModel
 from secateurs.types import Block, InputStats, Unit, UnitAllocation
@@ -121,21 +122,8 @@ def test_float64_fallback_rescues_an_ill_conditioned_hessian():
     assert torch.isfinite(upper).all() and torch.equal(upper, upper.triu())
 
 
-def _tiny(layers: int = 2) -> LoadedModel:
-    return LoadedModel(tiny_causal_lm("llama", layers=layers), LlamaFamilyAdapter(), "tiny")
-
-
-def _run(loaded: LoadedModel, applier: SparseGPTApplier, scorer: str = "wanda", sparsity: float = 0.5):
-    manager = get_manager()
-    spec = PruneSpec(
-        scorer=manager.scorers.create(scorer),
-        allocator=manager.allocators.create("uniform"),
-        applier=applier,
-        sparsity=sparsity,
-        calibration=token_batches(4, 32),
-        progress=False,
-    )
-    return prune_model(loaded, spec)
+def _run(loaded: LoadedModel, applier, scorer: str = "wanda", sparsity: float = 0.5):
+    return prune_model(loaded, wanda_spec(applier=applier, scorer=scorer, sparsity=sparsity))
 
 
 def test_true_sequential_prunes_groups_in_order_and_recollects_the_later_ones():
@@ -147,7 +135,7 @@ def test_true_sequential_prunes_groups_in_order_and_recollects_the_later_ones():
         ["gate_proj", "up_proj"],
         ["down_proj"],
     ]
-    plain, sequential = _tiny(), _tiny()
+    plain, sequential = tiny_llama(), tiny_llama()
     _run(plain, SparseGPTApplier())
     _run(sequential, SparseGPTApplier(true_sequential=True))
     weights = {n: p for n, p in plain.model.named_parameters()}
@@ -161,7 +149,7 @@ def test_true_sequential_prunes_groups_in_order_and_recollects_the_later_ones():
 
 
 def test_the_scorer_does_not_change_sparsegpt_masks():
-    with_wanda, with_magnitude = _tiny(), _tiny()
+    with_wanda, with_magnitude = tiny_llama(), tiny_llama()
     r1 = _run(with_wanda, SparseGPTApplier(), "wanda")
     r2 = _run(with_magnitude, SparseGPTApplier(), "magnitude")
     assert r1.sparsity == r2.sparsity == pytest.approx(0.5)
@@ -172,7 +160,7 @@ def test_the_scorer_does_not_change_sparsegpt_masks():
 def test_pipeline_sparsegpt_beats_wanda_on_block_outputs():
     """End to end on a tiny model: SparseGPT's logits stay closer to the dense ones than Wanda's."""
     manager = get_manager()
-    dense, wanda, sgpt = _tiny(), _tiny(), _tiny()
+    dense, wanda, sgpt = tiny_llama(), tiny_llama(), tiny_llama()
     _run(wanda, manager.appliers.create("zero"), sparsity=0.6)
     _run(sgpt, SparseGPTApplier(), sparsity=0.6)
     batch = token_batches(4, 32, seed=1)[0]

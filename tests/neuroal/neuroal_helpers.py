@@ -1,10 +1,9 @@
-"""NeuroAL test helpers: one thread (the shared machine is oversubscribed) and a tiny
-pruning run through the real pipeline."""
+"""NeuroAL test helper: a tiny pruning run through the real pipeline (``tests/conftest.py``
+already runs every test on one torch thread)."""
 
 from __future__ import annotations
 
 import warnings
-
 
 from lm_models import tiny_causal_lm, token_batches
 from secateurs.pipeline import PruneSpec, prune_model
@@ -22,6 +21,7 @@ def run_neuroal(
     layers: int = 3,
     hidden: int = 256,
     family: str = "llama",
+    batch_size: int = 1,
     **allocator_params,
 ):
     """Prune a tiny random decoder with ``neuroal``; return (result, model, warnings)."""
@@ -34,7 +34,7 @@ def run_neuroal(
         allocator=manager.allocators.create("neuroal", **allocator_params),
         applier=manager.appliers.create(applier),
         sparsity=sparsity,
-        calibration=token_batches(8, 24),
+        calibration=token_batches(8, 24, batch_size=batch_size),
         progress=False,
     )
     with warnings.catch_warnings(record=True) as caught:

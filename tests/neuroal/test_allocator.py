@@ -7,7 +7,7 @@ from typing import ClassVar
 import attrs
 import pytest
 import torch
-from neuroal_helpers import run_neuroal  # noqa: F401
+from neuroal_helpers import run_neuroal
 
 from secateurs.builtins.appliers import ZeroApplier
 from secateurs.errors import SecateursError
@@ -177,6 +177,21 @@ def test_search_shares_block_zero_and_counts_its_work():
     # dense passes: block 0 once for both steps; blocks 1, 2 once per candidate stream
     dense = 1 + candidates * 2
     assert search["sample_forwards"] == samples * (dense + candidates * 3)
+
+
+def test_row_grid_of_only_zero_and_batched_calibration():
+    # λ_R = 0 alone: nothing to re-evaluate (no dense pass even for input-free scores);
+    # work counts samples, not calibration batches
+    result, _, _ = run_neuroal(
+        "magnitude", scorer_params={"comparison": "row"}, layers=2, hidden=128, batch_size=2,
+        block_grid=[0.1], row_grid=[0.0],
+    )
+    record = result.records["neuroal"]
+    assert record["row_step"]["scores"] == record["block_step"]["scores"]
+    assert record["row_sparsity"] == {}
+    search = record["search"]
+    assert search["samples"] == 4 and search["candidates"] == 1
+    assert search["sample_forwards"] == 4 * (2 + 2)  # dense + sparse pass of both blocks
 
 
 def test_search_options_are_applied():

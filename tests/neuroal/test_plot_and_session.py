@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from lm_models import tiny_causal_lm, token_batches
-from neuroal_helpers import run_neuroal  # noqa: F401
+from neuroal_helpers import run_neuroal
 
 from secateurs import masks
 from secateurs.cli import cli

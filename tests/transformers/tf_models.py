@@ -7,26 +7,15 @@ helpers live in a uniquely named module).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
-from pathlib import Path
 
 import torch
 
+from lm_models import tiny_causal_lm
 from secateurs.pipeline import PruneSpec
 from secateurs.plugins import LOAD_PLUGINS_ENV, PluginManager
 from secateurs.protocols import LoadedModel
 
-
-def _root_helpers():
-    """The workspace's shared test helpers (tests/conftest.py), imported by path."""
-    spec = importlib.util.spec_from_file_location("_secateurs_root_conftest", Path(__file__).parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny_causal_lm = _root_helpers().tiny_causal_lm
 
 @functools.cache
 def manager() -> PluginManager:

@@ -113,9 +113,7 @@ def _copy_members(names, member: str, out: Path, open_member) -> None:
     found = False
     for inner, handle in names:
         if inner == member:
-            rel = Path(Path(member).name)
-            out.mkdir(parents=True, exist_ok=True)
-            target = out / rel
+            target = out / Path(member).name
         elif inner.startswith(member + "/"):
             target = out / inner[len(member) + 1 :]
         else:

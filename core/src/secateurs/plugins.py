@@ -147,7 +147,7 @@ class PluginManager:
             self._add(module_name, module, PluginInfo(module_name, "secateurs", _version("secateurs")))
         if load_entry_points:
             self._load_entry_points()
-        self.registries: dict[str, Registry[Any]] = {kind: Registry(kind) for kind in KINDS}
+        self.registries: dict[str, Registry[Any]] = {}
         self._collect()
 
     # -- loading ---------------------------------------------------------------------

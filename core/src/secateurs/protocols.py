@@ -20,6 +20,8 @@ from secateurs.types import Allocation, Block, InputStats, PruneResult, Unit
 STAT_SQ_NORM = "sq_norm"
 STAT_HESSIAN = "hessian"
 NEEDS_REFERENCE = "reference"
+UNSTRUCTURED = "unstructured"
+"""The granularity that prunes entries of units (every other granularity is a group kind)."""
 
 
 @attrs.define(eq=False)
@@ -76,7 +78,7 @@ class BlockContext:
     generator: torch.Generator
     recollect: Callable[[Sequence[Unit]], Mapping[str, InputStats]]
     reference: Callable[[Unit], torch.Tensor] | None = None
-    granularity: str = "unstructured"
+    granularity: str = UNSTRUCTURED
     loaded: LoadedModel | None = None
 
 
@@ -142,8 +144,9 @@ class SessionHandle(Protocol):
 
     ``blocks`` in order; ``dense_scores()`` runs one dense calibration pass and yields each
     block with its scores (inputs are the dense outputs of the previous block; nothing
-    is pruned); ``search(...)`` is for allocators that evaluate candidate allocations
-    (see ``secateurs.pipeline.SearchHandle``).
+    is pruned). Allocators that evaluate candidate allocations use the rest of
+    ``secateurs.pipeline.Session`` (``capture``, ``run``, ``collect``, ``collect_streams``,
+    ``score``, ``prune_block``, ``trial``).
     """
 
     blocks: Sequence[Block]

@@ -39,7 +39,8 @@ from typing import Any
 import attrs
 
 from secateurs.errors import SecateursError
-from secateurs.pipeline import UNSTRUCTURED, check_sparsity
+from secateurs.pipeline import check_sparsity
+from secateurs.protocols import UNSTRUCTURED
 
 
 @attrs.frozen

@@ -15,7 +15,7 @@ from secateurs.loading import load
 from secateurs.offload import dispatch
 from secateurs.outputs import atomic_output_dir, check_output_dir
 from secateurs.pipeline import PruneSpec, prune_model
-from secateurs.plugins import PluginManager, get_manager
+from secateurs.plugins import PluginManager, Registry, get_manager
 from secateurs.protocols import LoadedModel
 from secateurs.recipe import Part, Recipe, load_recipe
 from secateurs.types import PruneResult
@@ -45,32 +45,27 @@ class _Parts:
 
 def _build_parts(recipe: Recipe, manager: PluginManager, progress: bool) -> _Parts:
     """Create every named part first, so unknown names and bad parameters fail before any work."""
-    calibration = None
-    if recipe.calibration is not None:
-        params = {**recipe.calibration.params}
-        if "seed" in _init_names(manager.calibration_sources.entry(recipe.calibration.name).factory):
-            params.setdefault("seed", recipe.seed)
-        calibration = manager.calibration_sources.create(recipe.calibration.name, **params)
-    evaluator = None
-    if recipe.evaluate is not None:
-        params = {**recipe.evaluate.params}
-        if "progress" in _init_names(manager.evaluators.entry(recipe.evaluate.name).factory):
-            params.setdefault("progress", progress)
-        evaluator = manager.evaluators.create(recipe.evaluate.name, **params)
     return _Parts(
-        scorer=manager.scorers.create(recipe.scorer.name, **recipe.scorer.params),
-        allocator=manager.allocators.create(recipe.allocator.name, **recipe.allocator.params),
-        applier=manager.appliers.create(recipe.applier.name, **recipe.applier.params),
-        exporters=[manager.exporters.create(p.name, **p.params) for p in recipe.exporters],
-        calibration=calibration,
-        evaluator=evaluator,
+        calibration=create_part(manager.calibration_sources, recipe.calibration, seed=recipe.seed),
+        evaluator=create_part(manager.evaluators, recipe.evaluate, progress=progress),
+        scorer=create_part(manager.scorers, recipe.scorer),
+        allocator=create_part(manager.allocators, recipe.allocator),
+        applier=create_part(manager.appliers, recipe.applier),
+        exporters=[create_part(manager.exporters, p) for p in recipe.exporters],
     )
 
 
-def _init_names(factory: Any) -> set[str]:
-    if attrs.has(factory):
-        return {f.name for f in attrs.fields(factory)}
-    return set()
+def create_part(registry: Registry[Any], part: Part | None, **defaults: Any) -> Any:
+    """``part`` built from ``registry`` (``None`` for no part); each of ``defaults`` is
+    passed unless the part sets it, when the factory (an attrs class) has that field.
+    Tools that build parts from a recipe themselves (e.g. pruning curves) use it too, so a
+    recipe's ``seed`` reaches its calibration source the same way everywhere."""
+    if part is None:
+        return None
+    factory = registry.entry(part.name).factory
+    accepted = {f.name for f in attrs.fields(factory)} if attrs.has(factory) else set()
+    params = {k: v for k, v in defaults.items() if k in accepted} | dict(part.params)
+    return registry.create(part.name, **params)
 
 
 def _reference(recipe: Recipe, manager: PluginManager) -> Callable[[str], torch.Tensor] | None:
@@ -116,7 +111,7 @@ def prune(
     if offload:
         dispatch(loaded, max_memory=recipe.max_memory, offload_folder=recipe.offload_folder, device=recipe.device)
     load_seconds = time.perf_counter() - started
-    blocks = loaded.adapter.blocks(loaded.model)
+    blocks = None if recipe.targets is not None else loaded.adapter.blocks(loaded.model)
     before = parts.evaluator.evaluate(loaded) if parts.evaluator else None
     spec = PruneSpec(
         scorer=parts.scorer,
@@ -131,7 +126,7 @@ def prune(
         seed=recipe.seed,
         progress=progress,
     )
-    result = prune_model(loaded, spec, None if recipe.targets is not None else blocks)
+    result = prune_model(loaded, spec, blocks)
     result.timings["load"] = load_seconds
     result.recipe = recipe.to_dict()
     after = parts.evaluator.evaluate(loaded) if parts.evaluator else None

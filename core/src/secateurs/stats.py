@@ -102,7 +102,6 @@ def collect_stats(units: Sequence[Unit], *, hessian: bool = False, splits: int =
     finally:
         for handle in handles:
             handle.remove()
-    collection.split_stats = [
-        {unit.name: accumulators[id(unit.module)][k].result() for unit in units} for k in range(splits)
-    ]
+    results = {key: [acc.result() for acc in accs] for key, accs in accumulators.items()}  # once each: result() scales in place
+    collection.split_stats = [{unit.name: results[id(unit.module)][k] for unit in units} for k in range(splits)]
     collection.stats = collection.split_stats[0]

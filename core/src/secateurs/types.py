@@ -119,12 +119,6 @@ class Block:
     units: tuple[Unit, ...]
     groups: tuple[Group, ...] = ()
 
-    def unit(self, name: str) -> Unit:
-        for unit in self.units:
-            if unit.name == name:
-                return unit
-        raise KeyError(f"block {self.name!r} has no unit {name!r}")
-
 
 @attrs.define(eq=False)
 class InputStats:

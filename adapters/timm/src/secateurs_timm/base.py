@@ -45,8 +45,9 @@ def spec_of(loaded: LoadedModel) -> TimmSpec:
     return spec if isinstance(spec, TimmSpec) else infer_spec(loaded.model)
 
 
-def unit(model_modules: dict[nn.Module, str], module: nn.Module, role: str, param: str = "weight") -> Unit:
-    return Unit(model_modules[module], module, param, role)
+def unit(names: dict[nn.Module, str], module: nn.Module, role: str) -> Unit:
+    """``module.weight`` as a unit named by the module's qualified name."""
+    return Unit(names[module], module, "weight", role)
 
 
 def slices(module: nn.Module, dim: int, params: tuple[str, ...] = ("weight", "bias"), **span: int) -> list[ParamSlice]:

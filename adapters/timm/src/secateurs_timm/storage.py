@@ -9,8 +9,6 @@ says), syncs the module attributes and loads the state strictly.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from secateurs.errors import SecateursError
+from secateurs.outputs import atomic_file
 from secateurs_timm.shapes import resize_to, shapes_of
 from secateurs_timm.spec import TimmSpec
 
@@ -37,21 +36,12 @@ def save_model(model: nn.Module, spec: TimmSpec, directory: Path) -> list[Path]:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     description = {"format": FORMAT, **spec.to_json(), "shapes": shapes_of(model)}
     weights = directory / WEIGHTS
-    _atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}))
+    with atomic_file(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
     meta = directory / DESCRIPTION
-    _atomic(meta, lambda tmp: tmp.write_text(json.dumps(description, indent=2) + "\n"))
+    with atomic_file(meta) as tmp:
+        tmp.write_text(json.dumps(description, indent=2) + "\n")
     return [weights, meta]
-
-
-def _atomic(target: Path, write) -> None:
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_model(path: Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> tuple[nn.Module, TimmSpec]:

@@ -13,7 +13,8 @@ from secateurs_timm.views import view
 
 
 def stages(features: nn.Sequential) -> list[list[nn.Module]]:
-    """Split ``features`` before every conv (modules before the first conv join it)."""
+    """Split ``features`` before every conv (modules before the first conv, which timm's
+    VGG does not have, form a run of their own)."""
     runs: list[list[nn.Module]] = []
     for module in features:
         if isinstance(module, nn.Conv2d) or not runs:
@@ -49,12 +50,12 @@ class VGGAdapter(TimmAdapter):
         convs = [run[0] for run in runs if isinstance(run[0], nn.Conv2d)]
         pre = model.pre_logits if isinstance(model.pre_logits, ConvMlp) else None
         classifier = model.head.fc
-        consumers = convs[1:] + [pre.fc1 if pre is not None else classifier]
+        consumer = dict(zip(convs, [*convs[1:], pre.fc1 if pre is not None else classifier], strict=True))
         out = []
         for index, run in enumerate(runs):
             conv = run[0]
             is_conv = isinstance(conv, nn.Conv2d)
-            groups = (channel_group(names, conv, _norm(run), consumers[index]),) if is_conv else ()
+            groups = (channel_group(names, conv, _norm(run), consumer[conv]),) if is_conv else ()
             units = (unit(names, conv, "conv"),) if is_conv else ()
             out.append(Block(names[conv], index, views[index], units, groups))
         units, groups = [], []

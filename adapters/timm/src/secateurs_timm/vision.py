@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import torch
 
 from secateurs.errors import SecateursError
 from secateurs.protocols import LoadedModel
@@ -40,20 +39,15 @@ class AccuracyEvaluator:
     """Top-1 accuracy on ``samples`` Fashion-MNIST test images (all 10,000 when None),
     drawn with ``seed``."""
 
-    samples: int | None = None
+    samples: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
     seed: int = 0
     batch_size: int = attrs.field(default=256, validator=_positive)
-
-    def __attrs_post_init__(self) -> None:
-        if self.samples is not None and (not isinstance(self.samples, int) or self.samples <= 0):
-            raise ValueError(f"samples must be a positive integer or omitted, got {self.samples!r}")
 
     def evaluate(self, loaded: LoadedModel) -> dict[str, float]:
         spec = spec_of(loaded)
         head = getattr(loaded.model, "num_classes", 10)
         if head != 10:
             raise SecateursError(f"the accuracy evaluator scores 10 Fashion-MNIST classes; this model has {head}")
-        with torch.no_grad():
-            top1 = accuracy(loaded.model, spec.input_size, samples=self.samples, seed=self.seed,
-                            batch_size=self.batch_size, forward=loaded.adapter.forward)
+        top1 = accuracy(loaded.model, spec.input_size, samples=self.samples, seed=self.seed,
+                        batch_size=self.batch_size, forward=loaded.adapter.forward)
         return {"accuracy": top1}

@@ -26,6 +26,7 @@ from torch import nn
 from secateurs.protocols import LoadedModel
 from secateurs.types import Block, Group, ParamSlice, Unit
 from secateurs_transformers.common import (
+    find_layers,
     first_output,
     load_folder,
     model_device,
@@ -55,21 +56,6 @@ HEADS = (
     "ForNextSentencePrediction",
 )
 """Architecture suffixes loaded with ``AutoModel<suffix>``; ``*Model`` loads with ``AutoModel``."""
-
-
-def _base_prefix(model: nn.Module) -> tuple[nn.Module, str]:
-    """The encoder-owning base model and its attribute path (``""`` for a bare BertModel)."""
-    prefix = getattr(model, "base_model_prefix", "")
-    base = getattr(model, prefix, None) if prefix else None
-    return (base, prefix) if isinstance(base, nn.Module) else (model, "")
-
-
-def _layers(model: nn.Module) -> tuple[nn.ModuleList, str] | None:
-    base, prefix = _base_prefix(model)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList) or not len(layers):
-        return None
-    return layers, f"{prefix}.encoder.layer" if prefix else "encoder.layer"
 
 
 def _modules(layer: nn.Module) -> dict[str, nn.Module] | None:
@@ -134,14 +120,14 @@ class BertAdapter:
     name: str = "bert"
 
     def supports(self, model: nn.Module) -> bool:
-        found = _layers(model)
+        found = find_layers(model)
         return found is not None and all(
             _modules(layer) is not None and hasattr(_self_attention(layer), "attention_head_size")
             for layer in found[0]
         )
 
     def blocks(self, model: nn.Module) -> list[Block]:
-        layers, base = _layers(model)
+        layers, base = find_layers(model)
         blocks = []
         for i, layer in enumerate(layers):
             prefix, modules = f"{base}.{i}", _modules(layer)
@@ -161,7 +147,7 @@ class BertAdapter:
     def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None:
         """Set each self-attention's head count from its projections and record the layers'
         new sizes in ``model.config``."""
-        sizes = [layer_sizes(layer) for layer in _layers(model)[0]]
+        sizes = [layer_sizes(layer) for layer in find_layers(model)[0]]
         apply_layer_sizes(model, sizes)
         record_layer_sizes(model.config, sizes, {"intermediate_size"})
 
@@ -172,7 +158,7 @@ class BertAdapter:
         auto_class = _auto_class(config.get("architectures") or [])
         if auto_class is None:
             return None
-        loaded = load_folder(self, path, auto_class, device=device, dtype=dtype)
+        loaded = load_folder(self, path, config, auto_class, device=device, dtype=dtype)
         return loaded if self.supports(loaded.model) else None
 
     def save(self, loaded: LoadedModel, directory: Path) -> list[Path]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from secateurs.protocols import LoadedModel
 from secateurs_transformers import secateurs_resized
-from secateurs_transformers.secateurs_resized import LAYER_SIZES, PREFIX, resized_class, stock_class
+from secateurs_transformers.secateurs_resized import LAYER_SIZES, PREFIX, layers, resized_class, stock_class
 
 
 def read_config(path: Path) -> dict[str, Any] | None:
@@ -26,8 +26,23 @@ def read_config(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def load_folder(adapter: Any, path: Path, auto_class: Any, *, device: str, dtype: torch.dtype | None) -> LoadedModel:
-    """Load a model (with ``auto_class``) and its tokenizer from a local folder, offline.
+def find_layers(model: nn.Module) -> tuple[nn.ModuleList, str] | None:
+    """The model's transformer layers (``secateurs_resized.layers``: LLaMA ``<base>.layers``
+    or BERT ``<base>.encoder.layer``) and their qualified name; ``None`` when it has none."""
+    try:
+        found = layers(model)
+    except TypeError:
+        return None
+    if not len(found):
+        return None
+    return found, next(name for name, module in model.named_modules() if module is found)
+
+
+def load_folder(
+    adapter: Any, path: Path, config: dict[str, Any], auto_class: Any, *, device: str, dtype: torch.dtype | None
+) -> LoadedModel:
+    """Load a model (with ``auto_class``) and its tokenizer from a local folder, offline;
+    ``config`` is the folder's ``config.json`` (``read_config``).
 
     A model whose config records per-layer sizes (``LAYER_SIZES``, written by structured
     removal) is built as ``Resized<class>`` from ``secateurs_resized`` (the class the
@@ -38,9 +53,9 @@ def load_folder(adapter: Any, path: Path, auto_class: Any, *, device: str, dtype
     from transformers import AutoConfig, AutoTokenizer
 
     model_class = auto_class
-    if LAYER_SIZES in (read_config(path) or {}):
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        model_class = resized_class(auto_class._model_mapping[type(config)])
+    if LAYER_SIZES in config:
+        config_class = type(AutoConfig.from_pretrained(str(path), local_files_only=True))
+        model_class = resized_class(auto_class._model_mapping[config_class])
     model = model_class.from_pretrained(str(path), dtype=dtype or "auto", local_files_only=True)
     model.to(device).eval()
     try:

@@ -28,6 +28,7 @@ from torch import nn
 from secateurs.protocols import LoadedModel
 from secateurs.types import Block, Group, ParamSlice, Unit
 from secateurs_transformers.common import (
+    find_layers,
     first_output,
     load_folder,
     model_device,
@@ -39,12 +40,6 @@ from secateurs_transformers.common import (
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 ROLES = ATTENTION + MLP
-
-
-def _layers(model: nn.Module) -> nn.ModuleList | None:
-    base = getattr(model, "model", model)
-    layers = getattr(base, "layers", None)
-    return layers if isinstance(layers, nn.ModuleList) and len(layers) else None
 
 
 def _layer_units(prefix: str, layer: nn.Module) -> tuple[Unit, ...] | None:
@@ -105,22 +100,21 @@ class LlamaFamilyAdapter:
     name: str = "llama"
 
     def supports(self, model: nn.Module) -> bool:
-        layers = _layers(model)
-        return layers is not None and all(_layer_units("", layer) is not None for layer in layers)
+        found = find_layers(model)
+        return found is not None and all(_layer_units("", layer) is not None for layer in found[0])
 
     def blocks(self, model: nn.Module) -> list[Block]:
-        layers = _layers(model)
-        base_prefix = "model.layers" if getattr(model, "model", None) is not None else "layers"
+        layers, base = find_layers(model)
         blocks = []
         for i, layer in enumerate(layers):
-            prefix = f"{base_prefix}.{i}"
+            prefix = f"{base}.{i}"
             blocks.append(Block(prefix, i, layer, _layer_units(prefix, layer), _layer_groups(prefix, layer)))
         return blocks
 
     def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None:
         """Record the layers' new sizes in ``model.config`` (the modules need no update:
         attention infers its head count from the projections)."""
-        sizes = [layer_sizes(layer) for layer in _layers(model)]
+        sizes = [layer_sizes(layer) for layer in find_layers(model)[0]]
         record_layer_sizes(model.config, sizes, set(sizes[0]))
 
     def forward(self, model: nn.Module, batch: Any) -> Any:
@@ -136,7 +130,7 @@ class LlamaFamilyAdapter:
             return None
         from transformers import AutoModelForCausalLM
 
-        loaded = load_folder(self, path, AutoModelForCausalLM, device=device, dtype=dtype)
+        loaded = load_folder(self, path, config, AutoModelForCausalLM, device=device, dtype=dtype)
         return loaded if self.supports(loaded.model) else None
 
     def save(self, loaded: LoadedModel, directory: Path) -> list[Path]:

@@ -15,7 +15,9 @@ from secateurs.protocols import SessionHandle
 from secateurs.types import Allocation, Block, UnitAllocation
 
 
-def _targets(block: Block, scores: Mapping[str, torch.Tensor] | None) -> list[str]:
+def target_names(block: Block, scores: Mapping[str, torch.Tensor] | None) -> list[str]:
+    """The names an allocation covers: the scored targets (units or groups), or the
+    block's units when the scorer selects and no scores exist yet."""
     return list(scores) if scores is not None else [u.name for u in block.units]
 
 
@@ -29,7 +31,7 @@ class UniformAllocator:
         return None
 
     def allocate(self, block: Block, scores: Mapping[str, torch.Tensor] | None, target: float) -> Allocation:
-        return {name: UnitAllocation(target) for name in _targets(block, scores)}
+        return {name: UnitAllocation(target) for name in target_names(block, scores)}
 
 
 @attrs.define
@@ -64,7 +66,7 @@ class GlobalAllocator:
         self.records = {"global": {"threshold": threshold, "sparsity": dict(self._sparsity)}}
 
     def allocate(self, block: Block, scores: Mapping[str, torch.Tensor] | None, target: float) -> Allocation:
-        return {name: UnitAllocation(self._sparsity[name]) for name in _targets(block, scores)}
+        return {name: UnitAllocation(self._sparsity[name]) for name in target_names(block, scores)}
 
 
 @hookimpl

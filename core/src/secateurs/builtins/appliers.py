@@ -12,11 +12,9 @@ import torch
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
 from secateurs.masks import build_mask, matrix_topk, parse_nm
-from secateurs.protocols import BlockContext
+from secateurs.protocols import UNSTRUCTURED, BlockContext
 from secateurs.structured import zero_components
 from secateurs.types import Allocation, Block
-
-UNSTRUCTURED = "unstructured"
 
 
 def _check_pattern(pattern: str | None) -> None:
@@ -53,6 +51,11 @@ class ZeroApplier:
         self, block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
     ) -> dict[str, torch.Tensor]:
         if ctx.granularity != UNSTRUCTURED:
+            if self.pattern is not None:
+                raise SecateursError(
+                    f"an N:M pattern ({self.pattern}) prunes entries within rows; it cannot apply to "
+                    f"granularity {ctx.granularity!r}. Drop the pattern or use granularity = \"unstructured\""
+                )
             return zero_groups(block, scores, allocation, ctx.granularity)
         masks = {}
         for unit in block.units:

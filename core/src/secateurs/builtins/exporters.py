@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import attrs
-from safetensors.torch import save_model
 
 from secateurs.hookspecs import hookimpl
 from secateurs.protocols import LoadedModel
@@ -16,15 +15,10 @@ from secateurs.types import PruneResult
 
 @attrs.frozen
 class SafetensorsExporter:
-    """The pruned model: ``adapter.save`` when the adapter has one, else ``model.safetensors``."""
+    """The pruned model, written by the adapter's ``save`` (``Adapter`` protocol)."""
 
     def export(self, loaded: LoadedModel, result: PruneResult, directory: Path) -> list[Path]:
-        save = getattr(loaded.adapter, "save", None)
-        if save is not None:
-            return save(loaded, directory)
-        path = directory / "model.safetensors"
-        save_model(loaded.model, str(path))
-        return [path]
+        return loaded.adapter.save(loaded, directory)
 
 
 @attrs.frozen

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
+from secateurs.builtins.allocators import target_names
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
 from secateurs.protocols import SessionHandle
@@ -71,14 +72,12 @@ class OWLAllocator:
     needs_scores: ClassVar[bool] = True
     records: dict[str, Any] = attrs.field(factory=dict, init=False)
     _sparsity: dict[str, float] = attrs.field(factory=dict, init=False)
-    _targets: dict[str, list[str]] = attrs.field(factory=dict, init=False)
 
     def prepare(self, session: SessionHandle, target: float) -> None:
         names, ratios = [], []
         for block, scores in session.dense_scores():
             names.append(block.name)
             ratios.append(outlier_ratio(scores, self.m))
-            self._targets[block.name] = list(scores)
         sparsity = owl_sparsities(torch.tensor(ratios), target, self.lam)
         self._sparsity = dict(zip(names, sparsity.tolist(), strict=True))
         self.records = {
@@ -93,7 +92,8 @@ class OWLAllocator:
     def allocate(self, block: Block, scores: Mapping[str, torch.Tensor] | None, target: float) -> Allocation:
         if block.name not in self._sparsity:
             raise SecateursError(f"OWL has no ratio for block {block.name!r}: prepare() did not see it")
-        return {name: UnitAllocation(self._sparsity[block.name]) for name in self._targets[block.name]}
+        sparsity = self._sparsity[block.name]
+        return {name: UnitAllocation(sparsity) for name in target_names(block, scores)}
 
 
 @hookimpl

@@ -16,10 +16,10 @@ from typing import ClassVar
 import attrs
 import torch
 
-from secateurs.builtins.appliers import UNSTRUCTURED, group_masks
+from secateurs.builtins.appliers import group_masks
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
-from secateurs.protocols import BlockContext
+from secateurs.protocols import UNSTRUCTURED, BlockContext
 from secateurs.structured import remove_components
 from secateurs.types import Allocation, Block
 

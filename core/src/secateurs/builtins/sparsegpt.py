@@ -30,10 +30,8 @@ from secateurs.builtins.appliers import ZeroApplier
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
 from secateurs.masks import nm_mask, parse_nm, pruned_count, rows_topk
-from secateurs.protocols import STAT_HESSIAN, BlockContext
+from secateurs.protocols import STAT_HESSIAN, UNSTRUCTURED, BlockContext
 from secateurs.types import Allocation, Block, Unit, UnitAllocation
-
-UNSTRUCTURED = "unstructured"
 
 LLAMA_SEQUENTIAL: tuple[tuple[str, ...], ...] = (
     ("k_proj", "v_proj", "q_proj"),
@@ -100,7 +98,8 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, name: str) ->
 def _one_cpu_thread(device: torch.device) -> Iterator[None]:
     """Run on one CPU thread: the per-column loop's kernels are so small that thread-pool
     hand-offs cost more than they do (20x slower on a busy 2-core machine), and switching
-    the thread count per tile is itself costly. Restored on exit."""
+    the thread count per tile is itself costly, so a whole unit runs inside it. Restored
+    on exit."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
         yield
@@ -182,14 +181,13 @@ def _sparsegpt(
         # err of column i = (w − q) / d_i = w · pruned / d_i; columns of err1ᵀ are contiguous rows
         scale = p1 / d
         err1t = torch.empty(end - start, rows, dtype=w.dtype, device=w.device)
-        with _one_cpu_thread(w.device):
-            for i in range(end - start):
-                if nm is not None and i % nm[1] == 0:
-                    group = slice(i, i + nm[1])
-                    p1[:, group] = ~nm_mask(w1[:, group].pow(2) / d[group].pow(2), *nm)
-                    scale[:, group] = p1[:, group] / d[group]
-                torch.mul(w1[:, i], scale[:, i], out=err1t[i])
-                w1[:, i:].addr_(err1t[i], hinv1[i, i:], alpha=-1.0)  # leaves column i at q
+        for i in range(end - start):
+            if nm is not None and i % nm[1] == 0:
+                group = slice(i, i + nm[1])
+                p1[:, group] = ~nm_mask(w1[:, group].pow(2) / d[group].pow(2), *nm)
+                scale[:, group] = p1[:, group] / d[group]
+            torch.mul(w1[:, i], scale[:, i], out=err1t[i])
+            w1[:, i:].addr_(err1t[i], hinv1[i, i:], alpha=-1.0)  # leaves column i at q
         w[:, start:end] = w1.masked_fill_(p1, 0.0)  # pruned entries exactly zero
         w[:, end:].addmm_(err1t.T, hinv[start:end, end:], alpha=-1.0)
         pruned[:, start:end] = p1

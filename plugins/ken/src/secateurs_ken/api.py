@@ -10,20 +10,21 @@ from torch import nn
 
 from secateurs.errors import SecateursError
 from secateurs.masks import rows_topk
-from secateurs_ken.parts import KenKAllocator, ken_scores, restore_tensor, solve_k
+from secateurs_ken.parts import KenKAllocator, restore_tensor, solve_k
 from secateurs_ken.select import ken_select
 from secateurs_ken.states import State, as_rows, check_matching, selected_names, state_of
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
-METHODS: dict[str, ScoreFn] = {
-    "ken": lambda ft, pre, keep, gen: ken_scores(ft, keep),  # (ken_state batches by row width)
+BASELINES: dict[str, ScoreFn] = {
     "ft-magnitude": lambda ft, pre, keep, gen: ft.abs(),
     "delta-magnitude": lambda ft, pre, keep, gen: (ft - pre).abs(),
     "random": lambda ft, pre, keep, gen: torch.rand(ft.shape, generator=gen).to(ft.device),
     "dare": lambda ft, pre, keep, gen: torch.rand(ft.shape, generator=gen).to(ft.device),
 }
-"""Selection methods at the same per-row k (``dare`` = ``random`` + rescaled deltas)."""
+"""The baselines at KEN's per-row k, as scores whose per-row top-k is kept (``dare`` =
+``random`` + rescaled deltas). ``ken`` itself selects directly, batched by row width."""
+METHODS = ("ken", *BASELINES)
 
 
 def ken_state(
@@ -52,8 +53,7 @@ def ken_state(
     if reduction is not None:
         alloc.k = solve_k([tuple(as_rows(finetuned[n]).shape) for n in names], reduction)
     gen = torch.Generator().manual_seed(seed)
-    out = {n: t.detach().clone() for n, t in finetuned.items()}
-    masks = {}
+    restored, masks = {}, {}
     selected = _ken_by_width(finetuned, names, alloc) if method == "ken" else {}
     with torch.no_grad():
         for name in names:
@@ -63,15 +63,15 @@ def ken_state(
             if name in selected:
                 mask = selected[name].view_as(ft)
             else:
-                mask = rows_topk(as_rows(METHODS[method](ft, pre.to(ft.dtype), keep, gen)), keep).view_as(ft)
-            out[name] = restore_tensor(ft, pre, mask, rescale=method == "dare")
+                mask = rows_topk(as_rows(BASELINES[method](ft, pre.to(ft.dtype), keep, gen)), keep).view_as(ft)
+            restored[name] = restore_tensor(ft, pre, mask, rescale=method == "dare")
             masks[name] = mask
-    return out, masks
+    return {n: restored[n] if n in restored else t.detach().clone() for n, t in finetuned.items()}, masks
 
 
 def _ken_by_width(state: State, names: Sequence[str], alloc: KenKAllocator) -> dict[str, torch.Tensor]:
     """KEN masks of ``names``, one ``ken_select`` call per (row width, device) so that small
-    tensors share the vectorized rounds. Rows of the same width are concatenated."""
+    tensors share the greedy's steps. Rows of the same width are concatenated."""
     groups: dict[tuple[int, str], list[str]] = {}
     for name in names:
         t = state[name]

@@ -12,8 +12,6 @@ the KEN model: the positions stored are exactly the entries whose bits differ fr
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import attrs
@@ -22,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from secateurs.errors import SecateursError
+from secateurs.outputs import atomic_file
 from secateurs_ken.states import State, as_rows, check_matching, checksum, state_of
 
 FORMAT = "secateurs-ken-delta/1"
@@ -70,18 +69,6 @@ def _decode(name: str, tensors: dict[str, torch.Tensor], rows: int, width: int) 
     return mask
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_ken_delta(base: nn.Module | State, ken: nn.Module | State, path: str | Path, base_name: str = "") -> list[Path]:
     """Write the delta of ``ken`` over ``base`` to ``path`` (``.safetensors``) and its
     manifest (``path`` with ``.json``), atomically. Returns both paths."""
@@ -107,8 +94,10 @@ def save_ken_delta(base: nn.Module | State, ken: nn.Module | State, path: str | 
         "base_values": int(sum(t.numel() for t in base_sd.values())),
     }
     manifest_path = path.with_suffix(".json")
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-    _atomic(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    with atomic_file(manifest_path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
     return [path, manifest_path]
 
 

@@ -18,6 +18,7 @@ from secateurs.masks import build_mask
 from secateurs.protocols import NEEDS_REFERENCE, BlockContext, ScoreContext
 from secateurs.types import Allocation, Block, Unit, UnitAllocation
 from secateurs_ken.select import ken_select
+from secateurs_ken.states import as_rows
 
 
 def _need(value: torch.Tensor | None, what: str, unit: Unit) -> torch.Tensor:
@@ -28,8 +29,7 @@ def _need(value: torch.Tensor | None, what: str, unit: Unit) -> torch.Tensor:
 
 def ken_scores(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """1.0 where KEN keeps an entry of ``weight`` (rows = first dim; 1-D = one row), else 0."""
-    rows = weight.reshape(1, -1) if weight.dim() <= 1 else weight.reshape(weight.shape[0], -1)
-    return ken_select(rows.detach(), keep).to(weight.dtype).view_as(weight)
+    return ken_select(as_rows(weight.detach()), keep).to(weight.dtype).view_as(weight)
 
 
 @attrs.frozen
@@ -121,7 +121,7 @@ def restore_tensor(
     ref = reference.to(finetuned.device, finetuned.dtype)
     if not rescale:
         return torch.where(keep, finetuned, ref)
-    rows = keep.reshape(1, -1) if keep.dim() <= 1 else keep.reshape(keep.shape[0], -1)
+    rows = as_rows(keep)
     scale = (rows.shape[1] / rows.sum(dim=1).clamp(min=1)).to(finetuned.dtype)
     delta = (finetuned - ref).reshape(rows.shape) * scale.view(-1, 1)
     return torch.where(keep, ref + delta.view_as(finetuned), ref)

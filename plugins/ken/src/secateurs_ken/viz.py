@@ -14,9 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +26,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from secateurs.errors import SecateursError  # noqa: E402
+from secateurs.outputs import atomic_file  # noqa: E402
+from secateurs_ken.states import as_rows  # noqa: E402
 
 VIEWS = ("matrix", "neighbours", "layers", "kept")
 
@@ -47,10 +47,6 @@ def layer_names(names: list[str], matrix: str) -> list[str]:
     return sorted(hits, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
 
 
-def _as_2d(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(1, -1) if t.dim() <= 1 else t.reshape(t.shape[0], -1)
-
-
 def _factor(shape: tuple[int, int], max_pixels: int) -> int:
     return max(1, math.ceil(max(shape) / max_pixels))
 
@@ -68,17 +64,17 @@ def _pool(t: torch.Tensor, f: int) -> torch.Tensor:
 
 def matrix_image(mask: torch.Tensor, values: torch.Tensor | None, max_pixels: int) -> tuple[torch.Tensor, int]:
     """What the matrix view draws (NaN = blank) and the block factor."""
-    mask2 = _as_2d(mask).cpu()
+    mask2 = as_rows(mask).cpu()
     f = _factor(tuple(mask2.shape), max_pixels)
     if f > 1:
         frac = _pool(mask2, f)
         return frac.masked_fill(frac == 0, math.nan), f
-    vals = mask2.to(torch.float64) if values is None else _as_2d(values).detach().cpu().to(torch.float64)
+    vals = mask2.to(torch.float64) if values is None else as_rows(values).detach().cpu().to(torch.float64)
     return vals.masked_fill(~mask2, math.nan), 1
 
 
 def neighbour_image(mask: torch.Tensor, max_pixels: int) -> tuple[torch.Tensor, int]:
-    mask2 = _as_2d(mask).cpu()
+    mask2 = as_rows(mask).cpu()
     counts = neighbour_counts(mask2).to(torch.float64)
     f = _factor(tuple(mask2.shape), max_pixels)
     if f > 1:
@@ -93,14 +89,11 @@ def _scale_note(f: int) -> str:
 
 
 def _save(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_file(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def ken_viz(
@@ -174,8 +167,6 @@ def _write_html(path: Path, matrix: str, images: Mapping[str, Path]) -> Path:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f"<h2>{view}</h2><img alt='{view}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    Path(tmp).write_text("\n".join(parts))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(parts))
     return path

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from timm.layers import Attention, LayerScale
+from timm.layers import Attention
 from timm.models.resnet import BasicBlock, Bottleneck
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -178,6 +178,11 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def has_attention(model: nn.Module) -> bool:
+    """Whether ``model`` has timm ``Attention`` (made explicit by ``TimmViTCanonizer``)."""
+    return any(type(m) is Attention for m in model.modules())
+
+
 def canonizers_for(model: nn.Module, softmax: str = "attnlrp", *, relevance: bool = True) -> list[Canonizer]:
     """The canonizers ``model`` needs: BatchNorm merging and residual ``Sum`` (relevance
     only), explicit attention for timm ViT blocks (always: heads are read at the softmax)."""
@@ -186,7 +191,7 @@ def canonizers_for(model: nn.Module, softmax: str = "attnlrp", *, relevance: boo
         out.append(MergeBatchNorm())
     if relevance and any(isinstance(m, (BasicBlock, Bottleneck)) for m in model.modules()):
         out.append(TimmResNetCanonizer())
-    if any(type(m) is Attention for m in model.modules()):
+    if has_attention(model):
         out.append(TimmViTCanonizer(softmax if relevance else "gradient"))
     return out
 
@@ -203,6 +208,3 @@ def canonized(model: nn.Module, canonizers: Sequence[Canonizer]) -> Iterator[nn.
         for instance in reversed(instances):
             instance.remove()
 
-
-PASS_THROUGH = (LayerScale,)
-"""Modules that scale elementwise: relevance passes them unchanged (zennit ``Pass``)."""

@@ -33,7 +33,7 @@ from zennit.core import Composite, Hook
 from zennit.layer import Sum
 
 from secateurs.errors import SecateursError
-from secateurs_lrp.canonizers import PASS_THROUGH, canonizers_for
+from secateurs_lrp.canonizers import canonizers_for
 
 GROUPS = ("low", "mid", "high", "fc")
 FC_ROOTS = frozenset({"head", "pre_logits", "fc", "classifier"})
@@ -46,6 +46,9 @@ RULES: dict[str, dict[str, float]] = {
 """Rule name → its parameters and their defaults."""
 
 _ZENNIT_NEEDS_BOUNDS = {"epsilon_gamma_box"}
+
+PASS_THROUGH: tuple[type, ...] = (timm.layers.LayerScale,)
+"""Modules that scale elementwise: relevance passes them unchanged (zennit ``Pass``)."""
 
 
 def zennit_composites() -> dict[str, type]:

@@ -20,6 +20,7 @@ import attrs
 import torch
 
 from secateurs.errors import SecateursError
+from secateurs.outputs import atomic_file
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.plugins import PluginManager
 from secateurs.protocols import Evaluator, LoadedModel, ScoreContext
@@ -146,11 +147,12 @@ class CurveParts:
 def curve_parts(recipe: Recipe, manager: PluginManager, *, evaluator: Evaluator | None = None) -> CurveParts:
     """Load the recipe's model and create its parts (the evaluator may be overridden)."""
     from secateurs.loading import load
+    from secateurs.run import create_part
 
     if evaluator is None:
         if recipe.evaluate is None:
             raise SecateursError("a pruning curve needs an evaluator: add an [evaluate] table to the recipe")
-        evaluator = manager.evaluators.create(recipe.evaluate.name, **recipe.evaluate.params)
+        evaluator = create_part(manager.evaluators, recipe.evaluate)
 
     def maker(registry, part):
         registry.entry(part.name)  # unknown names fail now
@@ -160,9 +162,7 @@ def curve_parts(recipe: Recipe, manager: PluginManager, *, evaluator: Evaluator 
     make_allocator = maker(manager.allocators, recipe.allocator)
     make_applier = maker(manager.appliers, recipe.applier)
     make_scorer(), make_allocator(), make_applier()  # bad parameters fail before loading
-    calibration_source = None
-    if recipe.calibration is not None:
-        calibration_source = manager.calibration_sources.create(recipe.calibration.name, **recipe.calibration.params)
+    calibration_source = create_part(manager.calibration_sources, recipe.calibration, seed=recipe.seed)
     loaded = load(recipe.model, device=recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager)
     calibration = calibration_source.batches(loaded) if calibration_source is not None else None
     return CurveParts(
@@ -171,7 +171,7 @@ def curve_parts(recipe: Recipe, manager: PluginManager, *, evaluator: Evaluator 
 
 
 def _copy(loaded: LoadedModel) -> LoadedModel:
-    return LoadedModel(copy.deepcopy(loaded.model), loaded.adapter, loaded.source, loaded.tokenizer, dict(loaded.extra))
+    return attrs.evolve(loaded, model=copy.deepcopy(loaded.model), extra=dict(loaded.extra))
 
 
 def dense_scores(parts: CurveParts, scorer: Any | None = None) -> tuple[_Fixed, float]:
@@ -236,9 +236,9 @@ def plot_curves(curves: Mapping[str, Curve], path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_file(path, suffix=".png") as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return path

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from secateurs.errors import SecateursError
+from secateurs.outputs import atomic_file
 from secateurs_lrp.composites import CompositeSpec, zennit_composites
 
 CONFIG_ENV = "SECATEURS_CONFIG"
@@ -79,16 +79,8 @@ def resolve_composite(value: str | Mapping[str, Any] | CompositeSpec) -> Composi
 
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
     """Write ``data`` as JSON atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
     return path
 
 

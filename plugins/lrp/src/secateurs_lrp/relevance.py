@@ -12,7 +12,7 @@ dimension otherwise: neurons, summed over tokens), and ``|·|`` is summed over s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -64,7 +64,8 @@ def reference_set(
         )
     images = torch.cat([b[0] for b in batches])
     labels = torch.cat([b[1] for b in batches]).long()
-    counts = torch.bincount(labels.clamp(0, classes), minlength=classes + 1)[:classes]
+    inside = (labels >= 0) & (labels < classes)
+    counts = torch.bincount(labels[inside], minlength=classes)
     short = (counts < samples_per_class).nonzero().flatten()
     if len(short):
         c = int(short[0])
@@ -75,9 +76,8 @@ def reference_set(
         )
     order = torch.argsort(labels, stable=True)
     sorted_labels = labels[order]
-    starts = torch.searchsorted(sorted_labels, sorted_labels, right=False)
-    rank = torch.arange(len(labels)) - starts
-    keep = order[(rank < samples_per_class) & (sorted_labels < classes)]
+    rank = torch.arange(len(labels)) - torch.searchsorted(sorted_labels, sorted_labels)  # index within its class
+    keep = order[(rank < samples_per_class) & inside[order]]
     keep = keep.sort().values  # calibration order, classes mixed in every batch
     return list(zip(images[keep].split(batch_size), labels[keep].split(batch_size), strict=True))
 
@@ -106,18 +106,19 @@ def collect(
     batches: Sequence[Batch],
     probes: Callable[[nn.Module], Mapping[str, nn.Module]],
     *,
-    context: Callable[[nn.Module], AbstractContextManager] | None = None,
+    context: Callable[[nn.Module], AbstractContextManager],
+    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor],
     seed: Seed = one_hot_seed,
     times_activation: bool = False,
-    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per probe name, ``Σ_samples |reduced read|`` (float32 on CPU).
 
     ``context(model)`` (a composite's context: canonizers + rules) is entered first;
     ``probes(model)`` is called inside it (canonizers may add probe modules) and returns
-    name → module whose output is read. The backward pass runs from the logits down to
-    the earliest probed output only (no input or parameter gradients). The model is put
-    in eval mode for the pass and its mode restored after.
+    name → module whose output is read; ``forward(model, images)`` gives the logits. The
+    backward pass runs from the logits down to the earliest probed output only (no input
+    or parameter gradients). The model is put in eval mode for the pass and its mode
+    restored after.
     """
     param = next(model.parameters())
     was_training = model.training
@@ -125,12 +126,12 @@ def collect(
     sums: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
     try:
-        with (context(model) if context else nullcontext()), torch.enable_grad():
+        with context(model), torch.enable_grad():
             with _capture(probes(model), outputs):
                 for images, labels in batches:
                     outputs.clear()
                     x = images.to(param.device, param.dtype)
-                    logits = model(x) if forward is None else forward(model, x)
+                    logits = forward(model, x)
                     names = list(outputs)
                     start = seed(logits, labels.to(logits.device))
                     grads = torch.autograd.grad(logits, [outputs[n] for n in names], start, allow_unused=True)

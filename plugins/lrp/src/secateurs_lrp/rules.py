@@ -17,13 +17,9 @@ forward pass and an LRP rule in the backward pass:
 from __future__ import annotations
 
 import torch
+from zennit.core import stabilize  # z + ε · sign(z), sign(0) = 1: zennit's own ε-stabilizer
 
 SOFTMAX_MODES = ("attnlrp", "cp", "gradient")
-
-
-def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``z + ε · sign(z)`` with sign(0) = 1 (never zero)."""
-    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
 
 
 class _BilinearMatmul(torch.autograd.Function):

@@ -15,7 +15,8 @@ heads at the softmax output of the attention whose ``qkv`` the group slices.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import attrs
@@ -119,10 +120,6 @@ class AttributionScorer:
         return scores
 
 
-def _forward(loaded: LoadedModel):
-    return lambda model, x: loaded.adapter.forward(model, x)
-
-
 @attrs.define
 class LrpScorer(AttributionScorer):
     """``lrp``: ``Σ_samples |R|`` of each component, R read at the layer output with the
@@ -136,16 +133,23 @@ class LrpScorer(AttributionScorer):
         self.spec = resolve_composite(self.composite)
 
     def attribute(self, loaded: LoadedModel, batches, probes) -> dict[str, torch.Tensor]:
-        model = loaded.model
-        composite = self.spec.build(model)
-        with composite.context(model):
-            bad = unhandled_layers(model, composite)
-        if bad:
-            raise SecateursError(
-                f"the LRP composite cannot handle these layers of the model: {', '.join(bad)}; "
-                "supported: timm VGG, ResNet (BasicBlock/Bottleneck) and plain ViT blocks"
-            )
-        return collect(model, batches, probes, context=composite.context, seed=one_hot_seed, forward=_forward(loaded))
+        composite = self.spec.build(loaded.model)
+
+        @contextmanager
+        def checked(model: nn.Module) -> Iterator[nn.Module]:
+            """The composite's context, refused (with the layers named) when a rule is missing."""
+            with composite.context(model):
+                bad = unhandled_layers(model, composite)
+                if bad:
+                    raise SecateursError(
+                        f"the LRP composite cannot handle these layers of the model: {', '.join(bad)}; "
+                        "supported: timm VGG, ResNet (BasicBlock/Bottleneck) and plain ViT blocks"
+                    )
+                yield model
+
+        return collect(
+            loaded.model, batches, probes, context=checked, seed=one_hot_seed, forward=loaded.adapter.forward
+        )
 
 
 @attrs.define
@@ -163,5 +167,5 @@ class TaylorScorer(AttributionScorer):
             context=lambda m: canonized(m, plain),
             seed=loss_seed,
             times_activation=True,
-            forward=_forward(loaded),
+            forward=loaded.adapter.forward,
         )

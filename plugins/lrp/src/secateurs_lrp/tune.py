@@ -18,16 +18,13 @@ import attrs
 import optuna
 
 from secateurs.errors import SecateursError
-from secateurs_lrp.composites import GROUPS, CompositeSpec
-from secateurs_lrp.curve import Curve, CurveParts, pruning_curve
+from secateurs_lrp.canonizers import has_attention
+from secateurs_lrp.composites import GROUPS, RULES, CompositeSpec
+from secateurs_lrp.curve import CurveParts, pruning_curve
 from secateurs_lrp.library import PRESETS
 
-RULE_CHOICES = ("epsilon", "gamma", "zplus", "alphabeta")
+RULE_CHOICES = tuple(RULES)
 SAMPLERS = ("tpe", "gp")
-
-
-def has_attention(parts: CurveParts) -> bool:
-    return any(hasattr(m, "qkv") and hasattr(m, "num_heads") for m in parts.loaded.model.modules())
 
 
 def suggest(trial: optuna.Trial, attention: bool) -> CompositeSpec:
@@ -52,9 +49,8 @@ def _preset_params(spec: CompositeSpec, attention: bool) -> dict[str, Any]:
     for group in GROUPS:
         rule = getattr(spec, group)
         params[f"{group}.rule"] = rule.rule
-        for key in ("epsilon", "gamma"):
-            if key in rule.params and rule.rule == key:
-                params[f"{group}.{key}"] = rule.params[key]
+        if rule.rule in ("epsilon", "gamma"):  # the rules whose parameter ``suggest`` searches
+            params[f"{group}.{rule.rule}"] = rule.params[rule.rule]
     if attention:
         params["softmax"] = spec.softmax
     return params
@@ -91,20 +87,19 @@ def tune(
         raise SecateursError(f"the trial budget must be a positive integer, got {trials!r}")
     if sampler not in SAMPLERS:
         raise SecateursError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
-    attention = has_attention(parts)
+    attention = has_attention(parts.loaded.model)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     chooser = optuna.samplers.TPESampler(seed=seed) if sampler == "tpe" else optuna.samplers.GPSampler(seed=seed)
     study = optuna.create_study(direction="maximize", sampler=chooser)
     presets = [n for n in PRESETS if attention or n != "epsilon-cp"]
     for name in presets[:trials]:
         study.enqueue_trial(_preset_params(CompositeSpec.from_dict(PRESETS[name]), attention), user_attrs={"preset": name})
-    curves: dict[int, Curve] = {}
 
     def objective(trial: optuna.Trial) -> float:
         spec = suggest(trial, attention)
         curve = pruning_curve(parts, rates, scorer=make_scorer(spec))
-        curves[trial.number] = curve
         trial.set_user_attr("composite", spec.to_dict())
+        trial.set_user_attr("values", curve.values)
         return curve.area
 
     study.optimize(objective, n_trials=trials, show_progress_bar=progress)
@@ -114,7 +109,7 @@ def tune(
             "area": t.value,
             "preset": t.user_attrs.get("preset"),
             "composite": t.user_attrs.get("composite"),
-            "values": curves[t.number].values if t.number in curves else None,
+            "values": t.user_attrs.get("values"),
         }
         for t in study.trials
     ]

@@ -32,13 +32,22 @@ from typing import Any, ClassVar
 
 import attrs
 import torch
-
 from secateurs.errors import SecateursError
-from secateurs.pipeline import UNSTRUCTURED, Session
-from secateurs.protocols import STAT_HESSIAN
+from secateurs.pipeline import Session
+from secateurs.protocols import STAT_HESSIAN, UNSTRUCTURED
 from secateurs.types import Allocation, Block, Unit, UnitAllocation
+
 from secateurs_neuroal.batches import search_batches
-from secateurs_neuroal.ratios import HIGH, LOW, ROW_GRID, block_grid, block_ramp, row_counts, row_ratios, unit_total
+from secateurs_neuroal.ratios import (
+    HIGH,
+    LOW,
+    ROW_GRID,
+    block_grid,
+    block_ramp,
+    row_counts,
+    row_ratios,
+    unit_total,
+)
 from secateurs_neuroal.search import Outcome, Plan, Search
 
 LLAMA_CONSUMERS: Mapping[str, str] = {
@@ -174,12 +183,12 @@ class NeuroALAllocator:
 
     def _row_step_applies(self, session: Session) -> tuple[bool, str]:
         applier, scorer = session.spec.applier, session.spec.scorer
-        if not _rows_supported(session):
-            reason = (
-                f"the applier {type(applier).__name__} does not honour per-row ratios"
-                if not getattr(applier, "row_ratios", False)
-                else f"the scorer compares per {scorer.comparison!r}; per-row ratios need comparison = \"row\""
-            )
+        reason = ""
+        if not getattr(applier, "row_ratios", False):
+            reason = f"the applier {type(applier).__name__} does not honour per-row ratios"
+        elif scorer.comparison != "row":
+            reason = f"the scorer compares per {scorer.comparison!r}; per-row ratios need comparison = \"row\""
+        if reason:
             if self.row_step:
                 raise SecateursError(f"neuroal: row_step = true, but {reason}")
             return False, reason
@@ -229,10 +238,9 @@ class NeuroALAllocator:
                 v = chosen.vectors[consumer_name]
                 if any(u.rows != v.numel() for u in units):  # e.g. GQA: k/v rows ≠ o_proj inputs
                     continue
-                for unit in units:
-                    ratios = row_ratios(v, float(ramp[block.index]), lam, *self.clip)
-                    if ratios is not None:
-                        out[unit.name] = ratios
+                ratios = row_ratios(v, float(ramp[block.index]), lam, *self.clip)
+                if ratios is not None:
+                    out.update(dict.fromkeys((u.name for u in units), ratios))
         return out
 
     # -- records -----------------------------------------------------------------------
@@ -248,13 +256,8 @@ class NeuroALAllocator:
             allocation = self._plan(block)
             for unit in block.units:
                 if unit.name in rows:
-                    out[unit.name] = [round(float(x), 5) for x in allocation[unit.name].rows]
+                    out[unit.name] = [round(x, 5) for x in allocation[unit.name].rows.tolist()]
         return out
-
-
-def _rows_supported(session: Session) -> bool:
-    """Per-row ratios are honoured: the applier says so and the scorer compares per row."""
-    return bool(getattr(session.spec.applier, "row_ratios", False)) and session.spec.scorer.comparison == "row"
 
 
 def _step_record(grid: Sequence[float], outcomes: Sequence[Outcome], chosen: int) -> dict[str, Any]:

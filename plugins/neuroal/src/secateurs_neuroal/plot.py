@@ -8,14 +8,13 @@ max over the rows of every unit the row step changed).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
 from secateurs.errors import SecateursError
+from secateurs.outputs import atomic_file
 
 
 def load_records(report: Path) -> dict[str, Any]:
@@ -83,16 +82,11 @@ def plot(record: dict[str, Any], output: Path) -> Path:
     fig.tight_layout()
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".png", dir=output.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, output)
+        with atomic_file(output, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return output
 
 

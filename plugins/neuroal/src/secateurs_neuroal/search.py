@@ -37,12 +37,11 @@ Plan = Callable[[Block], Allocation]
 
 @attrs.define
 class Outcome:
-    """One candidate's result: total ``score``, per-block sums, per-linear scores, and
-    (when asked) per-linear raw alignment vectors ``a_D - a_S`` (float32, CPU)."""
+    """One candidate's result: total ``score``, per-block sums, and (when asked) per-linear
+    raw alignment vectors ``a_D - a_S`` (float32, CPU)."""
 
     score: float = 0.0
     blocks: list[float] = attrs.field(factory=list)
-    linears: dict[str, float] = attrs.field(factory=dict)
     vectors: dict[str, torch.Tensor] = attrs.field(factory=dict)
 
 
@@ -70,6 +69,7 @@ class Search:
 
     def __init__(self, session: Session, inputs: Inputs, *, max_streams: int | None = None) -> None:
         self.session, self.inputs, self.max_streams = session, inputs, max_streams
+        self._samples = sum(int(args[0].shape[0]) for args, _ in inputs)
         self.profile = Profile()
         scorer = session.spec.scorer
         self._input_free_scores = not scorer.selects and not (set(scorer.requires) & {STAT_SQ_NORM, STAT_HESSIAN})
@@ -77,6 +77,8 @@ class Search:
 
     def evaluate(self, plans: Sequence[Plan], *, keep_vectors: bool = False) -> list[Outcome]:
         """Score every plan (same order); ``keep_vectors`` keeps the alignment vectors."""
+        if not plans:
+            return []
         session, blocks = self.session, self.session.blocks
         outcomes = [Outcome() for _ in plans]
         streams: list[Inputs] = [self.inputs] * len(plans)
@@ -94,7 +96,7 @@ class Search:
                         sparse, streams[c] = session.collect(block, streams[c], hessian=False, keep_outputs=not last)
                     self.profile.prune_seconds += mid - start
                     self.profile.sparse_seconds += time.perf_counter() - mid
-                    self.profile.sample_forwards += len(self.inputs)
+                    self.profile.sample_forwards += self._samples
                     self.profile.prunes += 1
                     _record(outcomes[c], block, dense[key], sparse, keep_vectors)
         return outcomes
@@ -103,24 +105,23 @@ class Search:
         self, block: Block, streams: list[Inputs]
     ) -> tuple[dict[int, dict[str, InputStats]], dict[int, Mapping[str, torch.Tensor] | None]]:
         """Dense statistics and shareable scores per distinct stream (keyed by ``id``)."""
-        distinct = list({id(s): s for s in streams}.values())
-        if block.index == self.session.blocks[0].index and len(distinct) == 1 and distinct[0] is self.inputs:
+        if block is self.session.blocks[0]:  # every candidate starts from the search inputs
             if self._first is None:
-                stats = self._collect(block, distinct)[0]
+                stats = self._collect(block, [self.inputs])[0]
                 self._first = (stats, self._scores(block, stats))
             stats, scores = self._first
             return {id(self.inputs): stats}, {id(self.inputs): scores}
-        stats_list = self._collect(block, distinct)
-        shared = self._scores(block, stats_list[0]) if self._input_free_scores else None
-        stats = {id(s): st for s, st in zip(distinct, stats_list, strict=True)}
-        scores = {id(s): shared if self._input_free_scores else self._scores(block, stats[id(s)]) for s in distinct}
-        return stats, scores
+        distinct = list({id(s): s for s in streams}.values())
+        stats = dict(zip(map(id, distinct), self._collect(block, distinct), strict=True))
+        if self._input_free_scores:
+            return stats, dict.fromkeys(stats, self._scores(block, next(iter(stats.values()))))
+        return stats, {key: self._scores(block, st) for key, st in stats.items()}
 
     def _collect(self, block: Block, distinct: list[Inputs]) -> list[dict[str, InputStats]]:
         start = time.perf_counter()
         out = self.session.collect_streams(block, distinct, max_streams=self.max_streams)
         self.profile.dense_seconds += time.perf_counter() - start
-        self.profile.sample_forwards += len(distinct) * len(self.inputs)
+        self.profile.sample_forwards += len(distinct) * self._samples
         return out
 
     def _scores(self, block: Block, stats: Mapping[str, InputStats]) -> Mapping[str, torch.Tensor] | None:
@@ -138,9 +139,7 @@ def _record(outcome: Outcome, block: Block, dense: Mapping[str, InputStats], spa
     total = 0.0
     for unit in block.units:
         a_d, a_s = dense[unit.name].sq_norm.sqrt(), sparse[unit.name].sq_norm.sqrt()
-        score = alignment(a_d, a_s)
-        outcome.linears[unit.name] = score
-        total += score
+        total += alignment(a_d, a_s)
         if keep:
             outcome.vectors[unit.name] = (a_d - a_s).float().cpu()
     outcome.blocks.append(total)
