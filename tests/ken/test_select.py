@@ -1,4 +1,5 @@
-"""KEN selection: the vectorized algorithm equals the sequential greedy of the specification."""
+"""KEN selection: with either greedy (the compiled CPU kernel or the batched tensor steps used
+off the CPU) it equals the sequential greedy of the specification."""
 
 import numpy as np
 import pytest
@@ -19,24 +20,29 @@ def _rows(kind: str, rng: np.random.Generator, r: int, n: int) -> np.ndarray:
     return rng.choice([-1.0, 0.0, 0.5, 2.0], size=(r, n))
 
 
+KERNELS = pytest.mark.parametrize("kernels", ["compiled", "torch"])
+
+
+@KERNELS
 @pytest.mark.parametrize("kind", ["normal", "ints", "heavy", "few"])
 @pytest.mark.parametrize("seed", range(3))
-def test_equals_sequential_reference(kind, seed):
+def test_equals_sequential_reference(kind, seed, kernels):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 60))
     rows = _rows(kind, rng, 12, n)
     keep = torch.as_tensor(rng.integers(1, n + 1, size=12))
-    mask = ken_select(torch.as_tensor(rows), keep).numpy()
+    mask = ken_select(torch.as_tensor(rows), keep, kernels=kernels).numpy()
     for r in range(12):
         expected = reference_row(rows[r], int(keep[r]))
         assert (mask[r] == expected).all(), (r, rows[r], int(keep[r]))
         assert mask[r].sum() == min(int(keep[r]), n)
 
 
-def test_unrounded_density_and_float32_rows():
+@KERNELS
+def test_unrounded_density_and_float32_rows(kernels):
     rng = np.random.default_rng(7)
     rows = rng.normal(scale=0.05, size=(20, 97)).astype(np.float32)
-    mask = ken_select(torch.as_tensor(rows), 40, round_density=False).numpy()
+    mask = ken_select(torch.as_tensor(rows), 40, round_density=False, kernels=kernels).numpy()
     for r in range(20):
         assert (mask[r] == reference_row(rows[r].astype(np.float64), 40, round_density=False)).all()
 
@@ -52,16 +58,18 @@ def test_exact_k_min_max_kept_and_chunking():
     assert (ken_select(rows, 100).all())  # k >= width keeps everything
 
 
-def test_constant_and_single_entry_rows():
+@KERNELS
+def test_constant_and_single_entry_rows(kernels):
     rows = torch.tensor([[0.5, 0.5, 0.5, 0.5], [1.0, 1.0, 1.0, 2.0]])
-    assert ken_select(rows, 2).tolist() == [[True, True, False, False], [True, False, False, True]]
-    assert ken_select(torch.tensor([[3.0]]), 5).tolist() == [[True]]
+    assert ken_select(rows, 2, kernels=kernels).tolist() == [[True, True, False, False], [True, False, False, True]]
+    assert ken_select(torch.tensor([[3.0]]), 5, kernels=kernels).tolist() == [[True]]
 
 
-def test_wide_rows_use_every_level_of_the_free_sets():
+@KERNELS
+def test_wide_rows_use_every_level_of_the_free_sets(kernels):
     # 33,000 entries: 4 levels of 32-bit words; rounded values give many equal entries
     rows = np.round(np.random.default_rng(5).standard_t(3, size=(2, 33_000)) * 0.05, 3)
-    mask = ken_select(torch.as_tensor(rows), 300).numpy()
+    mask = ken_select(torch.as_tensor(rows), 300, kernels=kernels).numpy()
     for r in range(2):
         assert (mask[r] == reference_row(rows[r], 300)).all()
 
@@ -79,6 +87,20 @@ def test_fast_density_is_within_its_bound_of_the_float64_density(kind, k):
     fast, bound = fast_grid_density(x, lo, hi, keep, k, h)
     assert ((fast - exact).abs() <= bound).all()
     assert (bound <= 1e-3 * exact.amax(1, keepdim=True) + 1e-12).all()  # tight enough to decide rounding
+
+
+def test_both_kernels_agree_on_many_rows_of_mixed_k():
+    rng = np.random.default_rng(11)
+    rows = torch.as_tensor(np.round(rng.standard_t(3, size=(300, 200)) * 0.05, 3), dtype=torch.float32)
+    keep = torch.as_tensor(rng.integers(1, 201, size=300))
+    assert torch.equal(ken_select(rows, keep, kernels="compiled"), ken_select(rows, keep, kernels="torch"))
+
+
+def test_kernel_choice_errors():
+    with pytest.raises(SecateursError, match="CPU only"):
+        ken_select(torch.zeros(1, 3, device="meta"), 1, kernels="compiled")
+    with pytest.raises(SecateursError, match="unknown KEN kernels"):
+        ken_select(torch.randn(2, 3), 1, kernels="fast")
 
 
 @pytest.mark.parametrize("bad", [0, -3])

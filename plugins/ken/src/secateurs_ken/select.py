@@ -12,16 +12,21 @@ Specification (ALGORITHMS.md §1, without the reference code's value-matching bu
 
 Steps 1–3 are :mod:`secateurs_ken.density`, step 4 :mod:`secateurs_ken.greedy`. Callers
 should pass many rows per call (``ken_state`` concatenates every tensor of the same row
-width): the greedy's ``k`` steps are shared by all rows of a call.
+width): the density's matrix products, and off the CPU the greedy's ``k`` batched steps, are
+shared by all rows of a call.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from secateurs.errors import SecateursError
 
 from secateurs_ken.density import exact_density, grid_points, rounded_density, silverman_bandwidth
 from secateurs_ken.greedy import greedy_take, priority_ranks
+
+Kernels = Literal["auto", "compiled", "torch"]
 
 
 def keep_per_row(k: int | torch.Tensor, rows: int, width: int) -> torch.Tensor:
@@ -42,16 +47,27 @@ def ken_select(
     *,
     round_density: bool = True,
     chunk_elements: int = 1 << 23,
+    kernels: Kernels = "auto",
 ) -> torch.Tensor:
     """KEN keep-mask of ``rows`` ``[R, n]`` (bool, same shape and device): exactly
     ``min(k[r], n)`` entries per row, chosen as the module docstring specifies.
 
     ``k``: an int or one count per row. Rows are processed in chunks of at most
     ``chunk_elements`` entries (memory stays ~50 bytes per entry of a chunk); larger chunks
-    run faster, since the greedy advances all rows of a chunk together.
+    run faster, since the greedy's batched steps advance all rows of a chunk together.
+    ``kernels``: ``"compiled"`` runs the greedy (step 4) as a compiled CPU kernel (numba),
+    ``"torch"`` as batched tensor steps on any device, ``"auto"`` picks ``"compiled"`` on the
+    CPU. Both give the same result; the compiled kernel is many times faster.
     """
     if rows.dim() != 2:
         raise SecateursError(f"ken_select wants a [rows, width] tensor, got shape {tuple(rows.shape)}")
+    if kernels not in ("auto", "compiled", "torch"):
+        raise SecateursError(f"unknown KEN kernels {kernels!r}; use 'auto', 'compiled' or 'torch'")
+    on_cpu = rows.device.type == "cpu"
+    if kernels == "compiled" and not on_cpu:
+        raise SecateursError(f"the compiled KEN kernels run on the CPU only; got rows on {rows.device} "
+                             "(use kernels='torch' or 'auto')")
+    compiled = kernels == "compiled" or (kernels == "auto" and on_cpu)
     n_rows, width = rows.shape
     keep = keep_per_row(k, n_rows, width)
     if not torch.isfinite(rows).all():
@@ -62,11 +78,12 @@ def ken_select(
         chunk = rows[start : start + step].detach()
         if chunk.dtype not in (torch.float32, torch.float64):
             chunk = chunk.to(torch.float32)
-        out[start : start + step] = _select_chunk(chunk, keep[start : start + step].to(rows.device), round_density)
+        out[start : start + step] = _select_chunk(chunk, keep[start : start + step].to(rows.device), round_density,
+                                                  compiled)
     return out
 
 
-def _select_chunk(rows: torch.Tensor, keep: torch.Tensor, round_density: bool) -> torch.Tensor:
+def _select_chunk(rows: torch.Tensor, keep: torch.Tensor, round_density: bool, compiled: bool) -> torch.Tensor:
     x = rows.to(torch.float64)
     kmax = int(keep.max())
     valid = torch.arange(kmax, device=x.device).view(1, -1) < keep.view(-1, 1)
@@ -75,4 +92,4 @@ def _select_chunk(rows: torch.Tensor, keep: torch.Tensor, round_density: bool) -
     grid = grid_points(lo, hi, keep, kmax)
     h = silverman_bandwidth(x)
     dens = rounded_density(x, grid, lo, hi, keep, h) if round_density else exact_density(x, grid, h)
-    return greedy_take(rows, grid, priority_ranks(dens, valid), valid)
+    return greedy_take(rows, grid, priority_ranks(dens, valid), valid, compiled)
