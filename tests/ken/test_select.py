@@ -6,6 +6,7 @@ import pytest
 import torch
 from secateurs.errors import SecateursError
 from secateurs_ken.density import fast_grid_density, grid_density, grid_points, silverman_bandwidth
+from secateurs_ken.matching import sort_rows
 from secateurs_ken.reference import reference_select_row as reference_row
 from secateurs_ken.select import ken_select
 
@@ -17,6 +18,8 @@ def _rows(kind: str, rng: np.random.Generator, r: int, n: int) -> np.ndarray:
         return rng.integers(-3, 4, size=(r, n)).astype(np.float64)
     if kind == "heavy":  # outliers, congested tails, some duplicates
         return np.round(rng.standard_t(2, size=(r, n)), 1)
+    if kind == "offset":  # far from 0 for their spread, like LayerNorm weights
+        return 25.0 + rng.normal(size=(r, n))
     return rng.choice([-1.0, 0.0, 0.5, 2.0], size=(r, n))
 
 
@@ -24,7 +27,7 @@ KERNELS = pytest.mark.parametrize("kernels", ["compiled", "torch"])
 
 
 @KERNELS
-@pytest.mark.parametrize("kind", ["normal", "ints", "heavy", "few"])
+@pytest.mark.parametrize("kind", ["normal", "ints", "heavy", "few", "offset"])
 @pytest.mark.parametrize("seed", range(3))
 def test_equals_sequential_reference(kind, seed, kernels):
     rng = np.random.default_rng(seed)
@@ -74,7 +77,7 @@ def test_wide_rows_use_every_level_of_the_free_sets(kernels):
         assert (mask[r] == reference_row(rows[r], 300)).all()
 
 
-@pytest.mark.parametrize("kind", ["normal", "heavy", "few"])
+@pytest.mark.parametrize("kind", ["normal", "heavy", "few", "offset"])
 @pytest.mark.parametrize("k", [1, 2, 7, 60, 300])
 def test_fast_density_is_within_its_bound_of_the_float64_density(kind, k):
     rng = np.random.default_rng(k)
@@ -94,6 +97,17 @@ def test_both_kernels_agree_on_many_rows_of_mixed_k():
     rows = torch.as_tensor(np.round(rng.standard_t(3, size=(300, 200)) * 0.05, 3), dtype=torch.float32)
     keep = torch.as_tensor(rng.integers(1, 201, size=300))
     assert torch.equal(ken_select(rows, keep, kernels="compiled"), ken_select(rows, keep, kernels="torch"))
+
+
+def test_compiled_sort_is_the_stable_sort():
+    rng = np.random.default_rng(3)
+    values = [-0.0, 0.0, 1.0, -1.0, -2.5, 3e38, -3e38, 1e-45, -1e-45, 0.1, -0.1]
+    for rows in (rng.choice(values, size=(70, 300)), np.round(rng.normal(size=(300, 50)), 1)):
+        rows = torch.as_tensor(rows, dtype=torch.float32)
+        xs, perm = sort_rows(rows, compiled=True)
+        expected_xs, expected_perm = torch.sort(rows, dim=1, stable=True)
+        assert torch.equal(perm, expected_perm)
+        assert torch.equal(xs, expected_xs.double())
 
 
 def test_kernel_choice_errors():

@@ -92,29 +92,37 @@ def fast_grid_density(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, ke
     origin = lo.view(-1, 1) + (torch.arange(blocks, device=dev).view(1, -1) * size + centre) * step * h.view(-1, 1)
     # u = (x - o) / h, [R, B, n]; entries beyond the window are moved to its edge, where they
     # contribute < e^-40 to every point of the block, as if dropped
-    u = (rows / h.view(-1, 1)).view(n_rows, 1, n) - (origin / h.view(-1, 1)).unsqueeze(2)
-    reach = (centre * step + _WINDOW).unsqueeze(2)
-    u = u.clamp_(min=-reach, max=reach)
-    half_sq = u.square().mul_(-0.5).to(torch.float32).unsqueeze(2)
-    u = u.to(torch.float32).unsqueeze(2)
+    scaled, shift = (rows / h.view(-1, 1)).to(torch.float32), (origin / h.view(-1, 1)).to(torch.float32)
+    reach = centre * step + _WINDOW
+    u = (scaled.view(n_rows, 1, n) - shift.unsqueeze(2)).clamp_(min=-reach.to(torch.float32).unsqueeze(2),
+                                                                max=reach.to(torch.float32).unsqueeze(2))
+    u = u.view(n_rows * blocks, 1, n)
+    half_sq = u.square().mul_(-0.5)
     j = torch.arange(max(q1, q2), dtype=torch.float64, device=dev)
-    s1 = ((j[:q1] * q2 - centre) * step).to(torch.float32).view(n_rows, 1, q1, 1)
-    s2 = (j[:q2] * step).to(torch.float32).view(n_rows, 1, q2, 1)
-    # [R, B, Q1, n]; floored at e^-80 (clear of float32 denormals, which are slow; an entry
+    s1 = ((j[:q1] * q2 - centre) * step).to(torch.float32)  # [R, Q1]
+    s2 = (j[:q2] * step).to(torch.float32)  # [R, Q2]
+    # one matrix product per table and block, [R * B, Q, n] (faster on the CPU than broadcast
+    # products); a is floored at e^-80 (clear of float32 subnormals, which are slow; an entry
     # that far from every point of its row of the block contributes < e^-40 either way)
-    a = (s1 * u).add_(half_sq).clamp_(min=-80.0).exp_()  # (addcmul is slower on the CPU)
-    c = (s2 * u).exp_()  # [R, B, Q2, n]
-    sums = torch.matmul(a, c.transpose(2, 3)).reshape(n_rows, blocks * size)[:, :kmax]
+    per_block = (n_rows, blocks, -1, 1)
+    a = torch.baddbmm(half_sq, s1.view(n_rows, 1, q1, 1).expand(per_block).reshape(n_rows * blocks, q1, 1), u)
+    a = a.clamp_(min=-80.0).exp_()
+    c = torch.bmm(s2.view(n_rows, 1, q2, 1).expand(per_block).reshape(n_rows * blocks, q2, 1), u).exp_()
+    sums = torch.bmm(a, c.transpose(1, 2)).reshape(n_rows, blocks * size)[:, :kmax]
     local = torch.arange(blocks * size, dtype=torch.float64, device=dev)[:kmax] % size
     t = (local.view(1, -1) - centre) * step
     dens = sums.to(torch.float64) * torch.exp(-0.5 * t.square()) / (n * h.view(-1, 1) * math.sqrt(2 * math.pi))
     dens = torch.where(bandwidth.view(-1, 1) > 0, dens, torch.zeros_like(dens))
     # float32 error, in ulps of each term: the two exponents are off by at most
     # 3|s1 u| + |u^2/2| + |e| and 3|s2 u| + |e| ulps (absolute), each exp adds 1; the sum of
-    # n positive terms adds n. Each entry moved to the window's edge is off by < e^-40.
+    # n positive terms adds n. u itself is off by up to 2 max(|x|/h, |o|/h) ulps (absolute),
+    # which moves the exponent -(t - u)^2 / 2 by |t - u| times that. Each entry moved to the
+    # window's edge is off by < e^-40.
     u_max = float(reach.max())
     s1_max, s2_max = float(s1.abs().max()), float(s2.abs().max())
+    magnitude = torch.maximum(scaled.abs().amax(dim=1), shift.abs().amax(dim=1)).to(torch.float64).view(-1, 1)
     ulps = n + 4 * s1_max * u_max + 1.5 * u_max**2 + 4 * s2_max * u_max + 8
+    ulps = ulps + 2 * magnitude * (s1_max + s2_max + u_max)
     bound = dens * (ulps * 2.0**-24) + math.exp(-40) / (h.view(-1, 1) * math.sqrt(2 * math.pi))
     return dens, bound
 
@@ -128,7 +136,8 @@ def rounded_density(
     kmax, n = grid.shape[1], x.shape[1]
     h_safe = torch.where(h > 0, h, torch.ones_like(h))
     # rows with similar grid steps share a block shape (one odd row must not shrink the blocks
-    # of all the others): sorted by step, in chunks of ~2^22 table entries
+    # of all the others): sorted by step, in chunks of ~2^21 table entries (measured fastest
+    # on the CPU: larger tables fall out of the cache)
     step = grid_step(lo, hi, keep, h_safe)
     order = torch.argsort(step)
     dens = torch.empty(grid.shape, dtype=torch.float64, device=x.device)
@@ -139,8 +148,8 @@ def rounded_density(
 
     start = 0
     while start < len(order):
-        count = max(1, min(len(order) - start, (1 << 22) // table_entries(start)))
-        while count > 1 and count * table_entries(start + count - 1) > 1 << 22:
+        count = max(1, min(len(order) - start, (1 << 21) // table_entries(start)))
+        while count > 1 and count * table_entries(start + count - 1) > 1 << 21:
             count //= 2
         idx = order[start : start + count]
         dens[idx], bound[idx] = fast_grid_density(x[idx], lo[idx], hi[idx], keep[idx], kmax, h[idx])

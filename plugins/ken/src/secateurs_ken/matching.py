@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 
@@ -43,24 +42,23 @@ class Matching:
         return torch.where(new_value, positions, 0).cummax(dim=1).values
 
 
-def prepare(rows: torch.Tensor, grid: torch.Tensor, ranks: torch.Tensor, valid: torch.Tensor) -> Matching:
-    """The :class:`Matching` of ``rows`` ``[R, n]`` and their ascending ``grid`` ``[R, K]``,
-    visited in increasing ``ranks`` (a permutation of ``0..K-1`` per row that ranks the
-    ``valid`` points first)."""
-    xs, perm = sort_rows(rows)
+def prepare(xs: torch.Tensor, perm: torch.Tensor, grid: torch.Tensor, ranks: torch.Tensor,
+            valid: torch.Tensor) -> Matching:
+    """The :class:`Matching` of rows sorted by :func:`sort_rows` (``xs``, ``perm``) and their
+    ascending ``grid`` ``[R, K]``, visited in increasing ``ranks`` (a permutation of
+    ``0..K-1`` per row that ranks the ``valid`` points first)."""
     order = torch.empty_like(ranks).scatter_(1, ranks, torch.arange(ranks.shape[1], device=ranks.device).expand_as(ranks))
-    return Matching(xs=xs.to(torch.float64), perm=perm, grid=grid.to(torch.float64), order=order,
+    return Matching(xs=xs, perm=perm, grid=grid.to(torch.float64), order=order,
                     count=valid.sum(dim=1))
 
 
-def sort_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.sort(rows, dim=1, stable=True)``, faster for float32 rows on the CPU: one
-    (vectorized) numpy sort of 64-bit keys ``(order-preserving value bits, index)``."""
-    if rows.device.type != "cpu" or rows.dtype != torch.float32:
-        return torch.sort(rows, dim=1, stable=True)
-    values = (rows + 0.0).numpy()  # -0.0 becomes +0.0: the two are equal values
-    bits = values.view(np.int32).astype(np.int64)
-    bits ^= (bits >> 31) & 0x7FFFFFFF  # negative floats: reverse their order
-    keys = np.sort((bits << 32) | np.arange(rows.shape[1], dtype=np.int64), axis=1)
-    perm = keys & 0xFFFFFFFF
-    return torch.from_numpy(np.take_along_axis(values, perm, axis=1)), torch.from_numpy(perm)
+def sort_rows(rows: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` of each row sorted ascending, stably; values as float64.
+    ``compiled`` (float32 CPU rows): :func:`secateurs_ken.cpu_kernels.sort_rows_compiled`,
+    the same result faster."""
+    if compiled and rows.device.type == "cpu" and rows.dtype == torch.float32:
+        from secateurs_ken.cpu_kernels import sort_rows_compiled  # numba: imported on first use
+
+        return sort_rows_compiled(rows)
+    xs, perm = torch.sort(rows, dim=1, stable=True)
+    return xs.to(torch.float64), perm

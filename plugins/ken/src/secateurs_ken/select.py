@@ -25,6 +25,7 @@ from secateurs.errors import SecateursError
 
 from secateurs_ken.density import exact_density, grid_points, rounded_density, silverman_bandwidth
 from secateurs_ken.greedy import greedy_take, priority_ranks
+from secateurs_ken.matching import sort_rows
 
 Kernels = Literal["auto", "compiled", "torch"]
 
@@ -84,12 +85,12 @@ def ken_select(
 
 
 def _select_chunk(rows: torch.Tensor, keep: torch.Tensor, round_density: bool, compiled: bool) -> torch.Tensor:
-    x = rows.to(torch.float64)
+    xs, perm = sort_rows(rows, compiled)
     kmax = int(keep.max())
-    valid = torch.arange(kmax, device=x.device).view(1, -1) < keep.view(-1, 1)
-    lo, hi = x.min(dim=1).values, x.max(dim=1).values
+    valid = torch.arange(kmax, device=xs.device).view(1, -1) < keep.view(-1, 1)
+    lo, hi = xs[:, 0], xs[:, -1]
     # rows with fewer points: their own linspace, padded (padding never takes an entry)
     grid = grid_points(lo, hi, keep, kmax)
-    h = silverman_bandwidth(x)
-    dens = rounded_density(x, grid, lo, hi, keep, h) if round_density else exact_density(x, grid, h)
-    return greedy_take(rows, grid, priority_ranks(dens, valid), valid, compiled)
+    h = silverman_bandwidth(rows)  # of the rows as given: sorted ones would sum in another order
+    dens = rounded_density(xs, grid, lo, hi, keep, h) if round_density else exact_density(xs, grid, h)
+    return greedy_take(xs, perm, grid, priority_ranks(dens, valid), valid, compiled)
