@@ -68,6 +68,23 @@ def _block_shape(widest_step: float, kmax: int) -> tuple[int, int, int]:
     return q1, q2, -(-kmax // (q1 * q2))
 
 
+_SCRATCH: dict[torch.device, torch.Tensor] = {}
+_SCRATCH_KEPT = 1 << 22  # float32 entries (16 MiB) kept between calls, per device
+
+
+def _scratch(unit: int, counts: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Consecutive float32 buffers of ``count * unit`` entries each, carved from one buffer
+    that is kept between calls when it is at most ``_SCRATCH_KEPT`` entries: fresh memory
+    costs a page fault per 4 KiB, a large part of the density's time on the CPU."""
+    need = unit * sum(counts)
+    buffer = _SCRATCH.get(device)
+    if buffer is None or buffer.numel() < need:
+        buffer = torch.empty(need, dtype=torch.float32, device=device)
+        if need <= _SCRATCH_KEPT:
+            _SCRATCH[device] = buffer
+    return buffer[:need].split([count * unit for count in counts])
+
+
 def fast_grid_density(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, keep: torch.Tensor, kmax: int,
                       bandwidth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel density at the :func:`grid_points` of ``rows`` ``[R, n]`` (float64) with
@@ -94,10 +111,10 @@ def fast_grid_density(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, ke
     # contribute < e^-40 to every point of the block, as if dropped
     scaled, shift = (rows / h.view(-1, 1)).to(torch.float32), (origin / h.view(-1, 1)).to(torch.float32)
     reach = centre * step + _WINDOW
-    u = (scaled.view(n_rows, 1, n) - shift.unsqueeze(2)).clamp_(min=-reach.to(torch.float32).unsqueeze(2),
-                                                                max=reach.to(torch.float32).unsqueeze(2))
-    u = u.view(n_rows * blocks, 1, n)
-    half_sq = u.square().mul_(-0.5)
+    a, c, u, half_sq = (t.view(n_rows * blocks, -1, n) for t in _scratch(n_rows * blocks * n, (q1, q2, 1, 1), dev))
+    torch.sub(scaled.view(n_rows, 1, n), shift.unsqueeze(2), out=u.view(n_rows, blocks, n))
+    u.view(n_rows, blocks, n).clamp_(min=-reach.to(torch.float32).unsqueeze(2), max=reach.to(torch.float32).unsqueeze(2))
+    torch.mul(u, u, out=half_sq).mul_(-0.5)
     j = torch.arange(max(q1, q2), dtype=torch.float64, device=dev)
     s1 = ((j[:q1] * q2 - centre) * step).to(torch.float32)  # [R, Q1]
     s2 = (j[:q2] * step).to(torch.float32)  # [R, Q2]
@@ -105,9 +122,9 @@ def fast_grid_density(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, ke
     # products); a is floored at e^-80 (clear of float32 subnormals, which are slow; an entry
     # that far from every point of its row of the block contributes < e^-40 either way)
     per_block = (n_rows, blocks, -1, 1)
-    a = torch.baddbmm(half_sq, s1.view(n_rows, 1, q1, 1).expand(per_block).reshape(n_rows * blocks, q1, 1), u)
-    a = a.clamp_(min=-80.0).exp_()
-    c = torch.bmm(s2.view(n_rows, 1, q2, 1).expand(per_block).reshape(n_rows * blocks, q2, 1), u).exp_()
+    torch.baddbmm(half_sq, s1.view(n_rows, 1, q1, 1).expand(per_block).reshape(n_rows * blocks, q1, 1), u, out=a)
+    a.clamp_(min=-80.0).exp_()
+    torch.bmm(s2.view(n_rows, 1, q2, 1).expand(per_block).reshape(n_rows * blocks, q2, 1), u, out=c).exp_()
     sums = torch.bmm(a, c.transpose(1, 2)).reshape(n_rows, blocks * size)[:, :kmax]
     local = torch.arange(blocks * size, dtype=torch.float64, device=dev)[:kmax] % size
     t = (local.view(1, -1) - centre) * step
