@@ -47,7 +47,7 @@ MATRICES = [
 ]
 ROWS_PER_MATRIX = 128
 FRACTIONS = (0.25, 0.75)
-REPEATS = 3  # rounds of (reference, ken) timings; best-of for the sweep
+REPEATS = 5  # rounds of (reference, ken) timings; best-of for the sweep
 KEN_RUNS = 5  # ken calls per round (the median counts)
 KERNELS = ("compiled", "torch")
 SWEEP_MATRIX, SWEEP_ROWS, SWEEP_REFERENCE_ROWS = "embeddings.word_embeddings.weight", (64, 512, 4096, 30522), 64

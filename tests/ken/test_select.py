@@ -110,6 +110,17 @@ def test_compiled_sort_is_the_stable_sort():
         assert torch.equal(xs, expected_xs.double())
 
 
+def test_concurrent_calls_from_threads_give_the_sequential_results():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    batches = [torch.as_tensor(rng.normal(size=(40, 300)), dtype=torch.float32) for _ in range(4)]
+    expected = [ken_select(rows, 75) for rows in batches]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda rows: ken_select(rows, 75), batches * 3))
+    assert all(torch.equal(g, e) for g, e in zip(got, expected * 3))
+
+
 def test_kernel_choice_errors():
     with pytest.raises(SecateursError, match="CPU only"):
         ken_select(torch.zeros(1, 3, device="meta"), 1, kernels="compiled")

@@ -11,6 +11,7 @@ result equals rounding the float64 density.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -68,20 +69,22 @@ def _block_shape(widest_step: float, kmax: int) -> tuple[int, int, int]:
     return q1, q2, -(-kmax // (q1 * q2))
 
 
-_SCRATCH: dict[torch.device, torch.Tensor] = {}
-_SCRATCH_KEPT = 1 << 22  # float32 entries (16 MiB) kept between calls, per device
+_CHUNK = 1 << 21  # table entries per chunk of rows (measured fastest on the CPU)
+_SCRATCH_KEPT = 1 << 22  # float32 entries (16 MiB) kept between calls, per thread and device
+_SCRATCH = threading.local()
 
 
 def _scratch(unit: int, counts: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
     """Consecutive float32 buffers of ``count * unit`` entries each, carved from one buffer
-    that is kept between calls when it is at most ``_SCRATCH_KEPT`` entries: fresh memory
-    costs a page fault per 4 KiB, a large part of the density's time on the CPU."""
+    that this thread keeps between calls when it is at most ``_SCRATCH_KEPT`` entries: fresh
+    memory costs a page fault per 4 KiB, a large part of the density's time on the CPU."""
     need = unit * sum(counts)
-    buffer = _SCRATCH.get(device)
+    kept: dict[torch.device, torch.Tensor] = _SCRATCH.__dict__.setdefault("buffers", {})
+    buffer = kept.get(device)
     if buffer is None or buffer.numel() < need:
         buffer = torch.empty(need, dtype=torch.float32, device=device)
         if need <= _SCRATCH_KEPT:
-            _SCRATCH[device] = buffer
+            kept[device] = buffer
     return buffer[:need].split([count * unit for count in counts])
 
 
@@ -111,7 +114,8 @@ def fast_grid_density(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, ke
     # contribute < e^-40 to every point of the block, as if dropped
     scaled, shift = (rows / h.view(-1, 1)).to(torch.float32), (origin / h.view(-1, 1)).to(torch.float32)
     reach = centre * step + _WINDOW
-    a, c, u, half_sq = (t.view(n_rows * blocks, -1, n) for t in _scratch(n_rows * blocks * n, (q1, q2, 1, 1), dev))
+    buffers = _scratch(n_rows * blocks * n, (q1, q2, 1, 1), dev)
+    a, c, u, half_sq = (t.view(n_rows * blocks, -1, n) for t in buffers)
     torch.sub(scaled.view(n_rows, 1, n), shift.unsqueeze(2), out=u.view(n_rows, blocks, n))
     u.view(n_rows, blocks, n).clamp_(min=-reach.to(torch.float32).unsqueeze(2), max=reach.to(torch.float32).unsqueeze(2))
     torch.mul(u, u, out=half_sq).mul_(-0.5)
@@ -153,20 +157,19 @@ def rounded_density(
     kmax, n = grid.shape[1], x.shape[1]
     h_safe = torch.where(h > 0, h, torch.ones_like(h))
     # rows with similar grid steps share a block shape (one odd row must not shrink the blocks
-    # of all the others): sorted by step, in chunks of ~2^21 table entries (measured fastest
-    # on the CPU: larger tables fall out of the cache)
+    # of all the others): sorted by step, in chunks of ~_CHUNK table entries
     step = grid_step(lo, hi, keep, h_safe)
     order = torch.argsort(step)
     dens = torch.empty(grid.shape, dtype=torch.float64, device=x.device)
     bound = torch.empty_like(dens)
     def table_entries(last: int) -> int:  # per row, for rows up to sorted position ``last``
         q1, q2, blocks = _block_shape(float(step[order[last]]), kmax)
-        return blocks * (q1 + q2) * n
+        return blocks * (q1 + q2 + 2) * n  # (the tables, u and u^2 / 2)
 
     start = 0
     while start < len(order):
-        count = max(1, min(len(order) - start, (1 << 21) // table_entries(start)))
-        while count > 1 and count * table_entries(start + count - 1) > 1 << 21:
+        count = max(1, min(len(order) - start, _CHUNK // table_entries(start)))
+        while count > 1 and count * table_entries(start + count - 1) > _CHUNK:
             count //= 2
         idx = order[start : start + count]
         dens[idx], bound[idx] = fast_grid_density(x[idx], lo[idx], hi[idx], keep[idx], kmax, h[idx])
