@@ -56,9 +56,10 @@ def ken_select(
     ``k``: an int or one count per row. Rows are processed in chunks of at most
     ``chunk_elements`` entries (memory stays ~50 bytes per entry of a chunk); larger chunks
     run faster, since the greedy's batched steps advance all rows of a chunk together.
-    ``kernels``: ``"compiled"`` runs the greedy (step 4) as a compiled CPU kernel (numba),
-    ``"torch"`` as batched tensor steps on any device, ``"auto"`` picks ``"compiled"`` on the
-    CPU. Both give the same result; the compiled kernel is many times faster.
+    ``kernels``: ``"compiled"`` sorts the rows and runs the greedy (step 4) as compiled CPU
+    kernels (numba, :mod:`secateurs_ken.cpu_kernels`); ``"torch"`` uses tensor operations
+    only, on any device; ``"auto"`` picks ``"compiled"`` on the CPU. Both give the same
+    result; the compiled kernels are several times faster.
     """
     if rows.dim() != 2:
         raise SecateursError(f"ken_select wants a [rows, width] tensor, got shape {tuple(rows.shape)}")
