@@ -116,8 +116,9 @@ def fast_grid_density(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, ke
     reach = centre * step + _WINDOW
     buffers = _scratch(n_rows * blocks * n, (q1, q2, 1, 1), dev)
     a, c, u, half_sq = (t.view(n_rows * blocks, -1, n) for t in buffers)
+    edge = reach.to(torch.float32).unsqueeze(2)
     torch.sub(scaled.view(n_rows, 1, n), shift.unsqueeze(2), out=u.view(n_rows, blocks, n))
-    u.view(n_rows, blocks, n).clamp_(min=-reach.to(torch.float32).unsqueeze(2), max=reach.to(torch.float32).unsqueeze(2))
+    u.view(n_rows, blocks, n).clamp_(min=-edge, max=edge)
     torch.mul(u, u, out=half_sq).mul_(-0.5)
     j = torch.arange(max(q1, q2), dtype=torch.float64, device=dev)
     s1 = ((j[:q1] * q2 - centre) * step).to(torch.float32)  # [R, Q1]

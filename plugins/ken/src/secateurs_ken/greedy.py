@@ -15,30 +15,26 @@ import math
 import torch
 
 from secateurs_ken.greedy_steps import take_in_steps
-from secateurs_ken.matching import prepare
+from secateurs_ken.matching import Matching
 
 
-def priority_ranks(density: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Visiting rank of every grid point: decreasing density, ties by grid index; invalid
-    (padding) points rank after all valid ones."""
+def visiting_order(density: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The grid indices of each row in visiting order: decreasing density, ties by grid
+    index; invalid (padding) points after all valid ones."""
     key = torch.where(valid, -density, torch.full_like(density, math.inf))
-    order = torch.argsort(key, dim=1, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return ranks
+    return torch.argsort(key, dim=1, stable=True)
 
 
-def greedy_take(xs: torch.Tensor, perm: torch.Tensor, grid: torch.Tensor, ranks: torch.Tensor,
+def greedy_take(xs: torch.Tensor, perm: torch.Tensor, grid: torch.Tensor, order: torch.Tensor,
                 valid: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-    """Entries taken by the sequential greedy: grid points in increasing ``ranks`` order each
-    take the nearest untaken entry of their row (ties: lower index). ``xs``/``perm``
-    ``[R, n]``: the rows as :func:`secateurs_ken.matching.sort_rows` returns them;
-    ``grid``/``ranks``/``valid`` ``[R, K]`` (``grid`` ascending; ``ranks``: a permutation of
-    ``0..K-1`` per row; invalid points take nothing; at most ``n`` valid points per row).
-    Returns a bool mask ``[R, n]`` over the rows' original positions. ``compiled``: the CPU
-    kernel instead of batched steps.
+    """Entries taken by the sequential greedy: grid points in ``order`` each take the nearest
+    untaken entry of their row (ties: lower index). ``xs``/``perm`` ``[R, n]``: the rows as
+    :func:`secateurs_ken.matching.sort_rows` returns them; ``grid``/``valid`` ``[R, K]``
+    (``grid`` ascending float64; invalid points take nothing; at most ``n`` valid points per
+    row); ``order`` ``[R, K]``: :func:`visiting_order`. Returns a bool mask ``[R, n]`` over
+    the rows' original positions. ``compiled``: the CPU kernel instead of batched steps.
     """
-    m = prepare(xs, perm, grid, ranks, valid)
+    m = Matching(xs=xs, perm=perm, grid=grid, order=order, count=valid.sum(dim=1))
     if compiled:
         from secateurs_ken.cpu_kernels import take_compiled  # numba: imported on first use
 

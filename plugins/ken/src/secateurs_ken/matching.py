@@ -20,7 +20,8 @@ class Matching:
     ``perm`` int64 ``[R, n]``: the entry index at each sorted position;
     ``grid`` float64 ``[R, K]``: each row's grid points, ascending;
     ``order`` int64 ``[R, K]``: the grid index visited at each step; the first ``count[r]``
-    steps are real, the rest padding; ``count`` int64 ``[R]``.
+    steps are real, the rest padding; ``count`` int64 ``[R]``. Built by
+    :func:`secateurs_ken.greedy.greedy_take`.
     """
 
     xs: torch.Tensor
@@ -40,16 +41,6 @@ class Matching:
         new_value = torch.ones((n_rows, n), dtype=torch.bool, device=self.xs.device)
         new_value[:, 1:] = self.xs[:, 1:] != self.xs[:, :-1]
         return torch.where(new_value, positions, 0).cummax(dim=1).values
-
-
-def prepare(xs: torch.Tensor, perm: torch.Tensor, grid: torch.Tensor, ranks: torch.Tensor,
-            valid: torch.Tensor) -> Matching:
-    """The :class:`Matching` of rows sorted by :func:`sort_rows` (``xs``, ``perm``) and their
-    ascending ``grid`` ``[R, K]``, visited in increasing ``ranks`` (a permutation of
-    ``0..K-1`` per row that ranks the ``valid`` points first)."""
-    order = torch.empty_like(ranks).scatter_(1, ranks, torch.arange(ranks.shape[1], device=ranks.device).expand_as(ranks))
-    return Matching(xs=xs, perm=perm, grid=grid.to(torch.float64), order=order,
-                    count=valid.sum(dim=1))
 
 
 def sort_rows(rows: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

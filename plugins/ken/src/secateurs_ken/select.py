@@ -24,7 +24,7 @@ import torch
 from secateurs.errors import SecateursError
 
 from secateurs_ken.density import exact_density, grid_points, rounded_density, silverman_bandwidth
-from secateurs_ken.greedy import greedy_take, priority_ranks
+from secateurs_ken.greedy import greedy_take, visiting_order
 from secateurs_ken.matching import sort_rows
 
 Kernels = Literal["auto", "compiled", "torch"]
@@ -94,4 +94,4 @@ def _select_chunk(rows: torch.Tensor, keep: torch.Tensor, round_density: bool, c
     grid = grid_points(lo, hi, keep, kmax)
     h = silverman_bandwidth(rows)  # of the rows as given: sorted ones would sum in another order
     dens = rounded_density(xs, grid, lo, hi, keep, h) if round_density else exact_density(xs, grid, h)
-    return greedy_take(xs, perm, grid, priority_ranks(dens, valid), valid, compiled)
+    return greedy_take(xs, perm, grid, visiting_order(dens, valid), valid, compiled)
