@@ -38,9 +38,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def results_path(name: str) -> Path:
+    """``benchmarks/results/<name>.json``."""
+    return RESULTS / f"{name}.json"
+
+
 def write_results(name: str, payload: dict) -> Path:
-    """Write ``benchmarks/results/<name>.json`` atomically and return its path."""
-    target = RESULTS / f"{name}.json"
+    """Write :func:`results_path` ``(name)`` atomically and return its path. The file's
+    ``machine`` describes this run, whatever ``payload`` (e.g. read back from disk) holds."""
+    target = results_path(name)
     with atomic_file(target) as tmp:
-        tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+        fields = {k: v for k, v in payload.items() if k != "machine"}
+        tmp.write_text(json.dumps({"machine": machine(), **fields}, indent=2) + "\n")
     return target

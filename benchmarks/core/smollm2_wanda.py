@@ -61,7 +61,9 @@ def _job(config: str, args: dict) -> dict:
     manager = secateurs.get_manager()
     loaded = secateurs.load("smollm2-135m")
     batches = _calibration(loaded, args)
-    out = {"config": config, "rss_loaded_mib": _current_rss_mib()}
+    out = {"config": config, "rss_loaded_mib": _current_rss_mib(),
+           "model_mib": sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / 2**20,
+           "hidden": loaded.model.config.hidden_size}
     _reset_peak()
     cpu_start = time.process_time()
     if config == "forward":
@@ -117,10 +119,9 @@ def main() -> None:
 
 def _write(args: dict, rows: list[dict]) -> None:
     by = {r["config"]: r for r in rows}
-    hidden, params = 576, 134_515_008
     summary = {
-        "model_mib": params * 4 / 2**20,
-        "one_boundary_activations_mib": args["nsamples"] * args["seqlen"] * hidden * 4 / 2**20,
+        "model_mib": rows[0]["model_mib"],
+        "one_boundary_activations_mib": args["nsamples"] * args["seqlen"] * rows[0]["hidden"] * 4 / 2**20,
     }
     if {"forward", "wanda"} <= set(by):
         wanda, forward = by["wanda"], by["forward"]

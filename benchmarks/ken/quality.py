@@ -33,7 +33,7 @@ KS = (32, 96, 192, 288)
 METHODS = ("ken", "ft-magnitude", "delta-magnitude", "random", "dare")
 HEAD_KEPT_METHODS = ("ken", "random")
 NAME = "ken_quality"
-OUT = results_io.RESULTS / f"{NAME}.json"
+OUT = results_io.results_path(NAME)
 
 
 def configurations() -> list[tuple[str, int, bool]]:

@@ -5,9 +5,11 @@ Run: .venv/bin/python benchmarks/ken/table.py
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_io import results_path  # noqa: E402
 
 
 def fidelity_tables(data: dict) -> str:
@@ -55,7 +57,7 @@ def quality_table(data: dict) -> str:
 
 def main() -> None:
     for name, render in (("ken_fidelity_speed", fidelity_tables), ("ken_quality", quality_table)):
-        path = RESULTS / f"{name}.json"
+        path = results_path(name)
         if path.exists():
             print(f"## {name}\n\n{render(json.loads(path.read_text()))}\n")
 

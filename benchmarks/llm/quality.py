@@ -24,11 +24,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import results_io  # noqa: E402
-from results_io import peak_rss_mib, write_results  # noqa: E402
+from results_io import peak_rss_mib, results_path, write_results  # noqa: E402
 
 NAME = "llm_quality"
-RESULTS = results_io.RESULTS / f"{NAME}.json"
+RESULTS = results_path(NAME)
 MODEL = "smollm2-135m"
 LEVELS = ("0.5", "0.7", "2:4", "0.6")
 WANDA = {"name": "wanda"}
@@ -161,7 +160,6 @@ def main(argv: list[str] | None = None) -> None:
     data: dict[str, Any] = {"runs": []}
     if RESULTS.is_file() and not args.fresh:
         data = json.loads(RESULTS.read_text())
-        data.pop("machine", None)  # write_results describes this run's machine
         if data.get("settings") != settings:
             data = {"runs": []}
     data.update(

@@ -23,7 +23,7 @@ from secateurs_timm.base import spec_of
 from secateurs_timm.data import load_split, preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from results_io import RESULTS, write_results  # noqa: E402,F401
+from results_io import RESULTS, results_path, write_results  # noqa: E402,F401
 
 REFERENCE_SAMPLES, PER_CLASS = 300, 10
 KINDS = {"vgg": ("channels",), "resnet": ("channels",), "vit": ("neurons", "heads")}

@@ -25,7 +25,7 @@ import attrs
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import KINDS, PER_CLASS, RESULTS, SplitAccuracy, curve_setup, write_results  # noqa: E402
+from common import KINDS, PER_CLASS, RESULTS, SplitAccuracy, curve_setup, results_path, write_results  # noqa: E402
 
 from secateurs_lrp.curve import DEFAULT_RATES, plot_curves, pruning_curve  # noqa: E402
 from secateurs_lrp.library import PRESETS, write_json  # noqa: E402
@@ -38,7 +38,7 @@ NAME = "lrp_curves"
 
 
 def _existing() -> dict:
-    path = RESULTS / f"{NAME}.json"
+    path = results_path(NAME)
     return json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
 
 

@@ -28,11 +28,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import results_io  # noqa: E402
-from results_io import peak_rss_mib, write_results  # noqa: E402
+from results_io import peak_rss_mib, results_path, write_results  # noqa: E402
 
 NAME = "neuroal_smollm2"
-RESULTS = results_io.RESULTS / f"{NAME}.json"
+RESULTS = results_path(NAME)
 MODEL = "smollm2-135m"
 CALIBRATION = {"name": "text", "corpus": "shakespeare-train", "nsamples": 16, "seqlen": 64}
 EVALUATION = {"corpus": "shakespeare-test", "seqlen": 256, "max_windows": 6}

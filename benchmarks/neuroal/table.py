@@ -6,9 +6,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "neuroal_smollm2.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_io import results_path  # noqa: E402
+
+RESULTS = results_path("neuroal_smollm2")
 
 
 def _fmt(value, spec: str = ".1f") -> str:

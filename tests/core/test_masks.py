@@ -77,10 +77,8 @@ def test_per_row_ratios_need_row_comparison():
 
 def test_zero_applier_refuses_an_nm_pattern_on_structured_groups():
     from secateurs.builtins.appliers import ZeroApplier
-    from secateurs.protocols import BlockContext
     from secateurs.types import Block
 
     block = Block("b", 0, torch.nn.Identity(), ())
-    ctx = BlockContext(block, {}, "row", torch.Generator(), lambda units: {}, granularity="neurons")
     with pytest.raises(SecateursError, match="N:M pattern"):
-        ZeroApplier(pattern="2:4").apply(block, {}, {}, ctx)
+        ZeroApplier(pattern="2:4").check([block], "neurons")

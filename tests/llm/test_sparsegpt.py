@@ -187,6 +187,5 @@ def test_bad_parameters_are_refused():
 def test_structured_granularity_is_refused():
     unit = Unit("l", torch.nn.Linear(4, 4), "weight")
     ctx = _bad_context(unit, torch.eye(4))
-    ctx.granularity = "heads"
     with pytest.raises(SecateursError, match="zero"):
-        SparseGPTApplier().apply(ctx.block, {}, {}, ctx)
+        SparseGPTApplier().check([ctx.block], "heads")

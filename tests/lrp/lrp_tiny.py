@@ -67,5 +67,3 @@ def calibration(name: str, per_class: int = 3, batch: int = 8, seed: int = 0) ->
 @pytest.fixture(params=sorted(SPECS))
 def family(request) -> str:
     return request.param
-
-

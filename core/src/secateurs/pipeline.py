@@ -379,7 +379,7 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         )
     check = getattr(spec.applier, "check", None)
     if check is not None:
-        check(blocks)
+        check(blocks, spec.granularity)
     params_total = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
     session = Session(loaded, spec, blocks, [])

@@ -111,7 +111,6 @@ def prune(
     if offload:
         dispatch(loaded, max_memory=recipe.max_memory, offload_folder=recipe.offload_folder, device=recipe.device)
     load_seconds = time.perf_counter() - started
-    blocks = None if recipe.targets is not None else loaded.adapter.blocks(loaded.model)
     before = parts.evaluator.evaluate(loaded) if parts.evaluator else None
     spec = PruneSpec(
         scorer=parts.scorer,
@@ -126,7 +125,7 @@ def prune(
         seed=recipe.seed,
         progress=progress,
     )
-    result = prune_model(loaded, spec, blocks)
+    result = prune_model(loaded, spec)
     result.timings["load"] = load_seconds
     result.recipe = recipe.to_dict()
     after = parts.evaluator.evaluate(loaded) if parts.evaluator else None

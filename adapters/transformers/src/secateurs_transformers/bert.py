@@ -26,6 +26,7 @@ from torch import nn
 from secateurs.protocols import LoadedModel
 from secateurs.types import Block, Group, ParamSlice, Unit
 from secateurs_transformers.common import (
+    HEADS,
     find_layers,
     first_output,
     load_folder,
@@ -46,16 +47,6 @@ UNITS = {
 }
 MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "data2vec-text"})
 """Config ``model_type``s ``load`` claims (``supports`` checks the layout of any model)."""
-HEADS = (
-    "ForSequenceClassification",
-    "ForTokenClassification",
-    "ForQuestionAnswering",
-    "ForMultipleChoice",
-    "ForMaskedLM",
-    "ForPreTraining",
-    "ForNextSentencePrediction",
-)
-"""Architecture suffixes loaded with ``AutoModel<suffix>``; ``*Model`` loads with ``AutoModel``."""
 
 
 def _modules(layer: nn.Module) -> dict[str, nn.Module] | None:

@@ -50,12 +50,11 @@ def load_folder(
     installed package, not from the folder), so the layers have their saved shapes
     before the weights load.
     """
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import CONFIG_MAPPING, AutoTokenizer
 
     model_class = auto_class
     if LAYER_SIZES in config:
-        config_class = type(AutoConfig.from_pretrained(str(path), local_files_only=True))
-        model_class = resized_class(auto_class._model_mapping[config_class])
+        model_class = resized_class(auto_class._model_mapping[CONFIG_MAPPING[config["model_type"]]])
     model = model_class.from_pretrained(str(path), dtype=dtype or "auto", local_files_only=True)
     model.to(device).eval()
     try:
@@ -114,17 +113,17 @@ def record_layer_sizes(config: Any, sizes: list[dict[str, int]], expressible: se
 
 MODULE_FILE = Path(secateurs_resized.__file__)
 """The self-contained modeling file saved next to weights with per-layer sizes."""
-AUTO_CLASSES = (
-    "AutoModel",
-    "AutoModelForCausalLM",
-    "AutoModelForMaskedLM",
-    "AutoModelForSequenceClassification",
-    "AutoModelForTokenClassification",
-    "AutoModelForQuestionAnswering",
-    "AutoModelForMultipleChoice",
-    "AutoModelForPreTraining",
-    "AutoModelForNextSentencePrediction",
+HEADS = (
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+    "ForMultipleChoice",
+    "ForMaskedLM",
+    "ForPreTraining",
+    "ForNextSentencePrediction",
 )
+"""Encoder head suffixes loaded with ``AutoModel<suffix>``; ``*Model`` loads with ``AutoModel``."""
+AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM", *(f"AutoModel{suffix}" for suffix in HEADS))
 """Auto classes ``auto_map`` may name (those that build the saved class or its base model)."""
 
 

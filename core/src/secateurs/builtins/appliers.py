@@ -34,10 +34,16 @@ class ZeroApplier:
     def row_ratios(self) -> bool:
         return self.pattern is None
 
-    def check(self, blocks: Sequence[Block]) -> None:
-        """Fail before any work if the N:M pattern does not divide a unit's rows."""
+    def check(self, blocks: Sequence[Block], granularity: str) -> None:
+        """Fail before any work if the N:M pattern cannot apply: on structured groups, or
+        to rows it does not divide."""
         if self.pattern is None:
             return
+        if granularity != UNSTRUCTURED:
+            raise SecateursError(
+                f"an N:M pattern ({self.pattern}) prunes entries within rows; it cannot apply to "
+                f"granularity {granularity!r}. Drop the pattern or use granularity = \"unstructured\""
+            )
         _, m = parse_nm(self.pattern)
         for block in blocks:
             for unit in block.units:
@@ -51,11 +57,6 @@ class ZeroApplier:
         self, block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
     ) -> dict[str, torch.Tensor]:
         if ctx.granularity != UNSTRUCTURED:
-            if self.pattern is not None:
-                raise SecateursError(
-                    f"an N:M pattern ({self.pattern}) prunes entries within rows; it cannot apply to "
-                    f"granularity {ctx.granularity!r}. Drop the pattern or use granularity = \"unstructured\""
-                )
             return zero_groups(block, scores, allocation, ctx.granularity)
         masks = {}
         for unit in block.units:

@@ -10,7 +10,7 @@ same outputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import attrs
@@ -32,14 +32,17 @@ class RemoveApplier:
     requires: ClassVar[frozenset[str]] = frozenset()
     row_ratios: ClassVar[bool] = False
 
-    def apply(
-        self, block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
-    ) -> dict[str, torch.Tensor]:
-        if ctx.granularity == UNSTRUCTURED:
+    def check(self, blocks: Sequence[Block], granularity: str) -> None:
+        """Fail before any work on an unstructured run."""
+        if granularity == UNSTRUCTURED:
             raise SecateursError(
                 "the 'remove' applier removes structured components: set the recipe's "
                 "granularity to a group kind (heads, neurons, channels), or use the 'zero' applier"
             )
+
+    def apply(
+        self, block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
+    ) -> dict[str, torch.Tensor]:
         masks = group_masks(block, scores, allocation, ctx.granularity)
         groups = [g for g in block.groups if g.name in masks]
         remove_components((g, masks[g.name]) for g in groups)

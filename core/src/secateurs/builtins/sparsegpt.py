@@ -217,15 +217,21 @@ class SparseGPTApplier:
     def row_ratios(self) -> bool:
         return self.pattern is None
 
-    def check(self, blocks: Sequence[Block]) -> None:
-        """Fail before any work if a unit is not a 2-D weight or N:M does not divide it."""
+    def check(self, blocks: Sequence[Block], granularity: str) -> None:
+        """Fail before any work on structured granularity, or if a unit is not a 2-D weight
+        or N:M does not divide it."""
+        if granularity != UNSTRUCTURED:
+            raise SecateursError(
+                f"sparsegpt prunes entries (unstructured or N:M), not {granularity!r}; "
+                "use the 'zero' applier for structured pruning"
+            )
         for block in blocks:
             for unit in block.units:
                 if unit.weight.dim() != 2:
                     raise SecateursError(
                         f"sparsegpt prunes Linear weights; {unit.name} has shape {tuple(unit.shape)}"
                     )
-        ZeroApplier(pattern=self.pattern).check(blocks)
+        ZeroApplier(pattern=self.pattern).check(blocks, granularity)
 
     def groups(self, units: Sequence[Unit]) -> list[list[Unit]]:
         """``units`` split into the pruning steps (one step unless ``true_sequential``)."""
@@ -239,11 +245,6 @@ class SparseGPTApplier:
     def apply(
         self, block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
     ) -> dict[str, torch.Tensor]:
-        if ctx.granularity != UNSTRUCTURED:
-            raise SecateursError(
-                f"sparsegpt prunes entries (unstructured or N:M), not {ctx.granularity!r}; "
-                "use the 'zero' applier for structured pruning"
-            )
         nm = parse_nm(self.pattern) if self.pattern is not None else None
         units = [u for u in block.units if u.name in allocation]
         masks: dict[str, torch.Tensor] = {}

@@ -207,4 +207,3 @@ def canonized(model: nn.Module, canonizers: Sequence[Canonizer]) -> Iterator[nn.
     finally:
         for instance in reversed(instances):
             instance.remove()
-

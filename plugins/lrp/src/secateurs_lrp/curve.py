@@ -11,6 +11,7 @@ The area under the curve is the mean metric over the rates (PXP's A_PR with the 
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -154,14 +155,10 @@ def curve_parts(recipe: Recipe, manager: PluginManager, *, evaluator: Evaluator 
             raise SecateursError("a pruning curve needs an evaluator: add an [evaluate] table to the recipe")
         evaluator = create_part(manager.evaluators, recipe.evaluate)
 
-    def maker(registry, part):
-        registry.entry(part.name)  # unknown names fail now
-        return lambda: registry.create(part.name, **part.params)
-
-    make_scorer = maker(manager.scorers, recipe.scorer)
-    make_allocator = maker(manager.allocators, recipe.allocator)
-    make_applier = maker(manager.appliers, recipe.applier)
-    make_scorer(), make_allocator(), make_applier()  # bad parameters fail before loading
+    make_scorer = functools.partial(create_part, manager.scorers, recipe.scorer)
+    make_allocator = functools.partial(create_part, manager.allocators, recipe.allocator)
+    make_applier = functools.partial(create_part, manager.appliers, recipe.applier)
+    make_scorer(), make_allocator(), make_applier()  # unknown names, bad parameters fail before loading
     calibration_source = create_part(manager.calibration_sources, recipe.calibration, seed=recipe.seed)
     loaded = load(recipe.model, device=recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager)
     calibration = calibration_source.batches(loaded) if calibration_source is not None else None

@@ -29,7 +29,7 @@ from secateurs.types import Group, Unit
 from secateurs_lrp.canonizers import canonized, canonizers_for
 from secateurs_lrp.composites import CompositeSpec, unhandled_layers
 from secateurs_lrp.library import resolve_composite
-from secateurs_lrp.relevance import collect, loss_seed, one_hot_seed, reference_set
+from secateurs_lrp.relevance import collect, loss_seed, reference_set
 
 
 def _positive(_inst, attribute: attrs.Attribute, value: Any) -> None:
@@ -148,7 +148,7 @@ class LrpScorer(AttributionScorer):
                 yield model
 
         return collect(
-            loaded.model, batches, probes, context=checked, seed=one_hot_seed, forward=loaded.adapter.forward
+            loaded.model, batches, probes, context=checked, forward=loaded.adapter.forward
         )
 
 
