@@ -43,7 +43,7 @@ def _cpu(fn, repeat: int = 3) -> float:
 def measure() -> dict:
     from secateurs.loading import load
     from secateurs.masks import rows_topk
-    from secateurs.pipeline import capture_inputs
+    from secateurs.pipeline import capture
     from secateurs.stats import collect_stats
 
     loaded = load("smollm2-135m")
@@ -52,7 +52,7 @@ def measure() -> dict:
     forward = {}
     for seq in SEQLENS:
         ids = torch.randint(0, 1000, (1, seq))
-        (args, kwargs), = capture_inputs(loaded, blocks[0], [{"input_ids": ids}])
+        (args, kwargs), = capture(loaded, blocks, [{"input_ids": ids}])
 
         def run(args=args, kwargs=kwargs):
             with torch.no_grad(), collect_stats(list(block.units)):

@@ -9,7 +9,7 @@ import torch
 from lm_models import tiny_causal_lm, token_batches
 from secateurs import find_adapter
 from secateurs.errors import SecateursError
-from secateurs.pipeline import PruneSpec, Session, capture_inputs, prune_model
+from secateurs.pipeline import PruneSpec, Session, capture, prune_model
 from secateurs.plugins import PluginManager
 from secateurs.protocols import LoadedModel
 from secateurs.stats import collect_stats
@@ -44,12 +44,12 @@ def test_captured_inputs_reproduce_the_models_own_block_outputs(causal_family):
     with torch.no_grad():
         loaded.model(**batch)
     handle.remove()
-    session = Session(loaded, _spec(), blocks, capture_inputs(loaded, blocks[0], [batch]))
+    session = Session(loaded, _spec(), blocks, capture(loaded, blocks, [batch]))
     inputs = session.inputs
     for block in blocks:
         inputs = session.run(block, inputs)
     expected = loaded.adapter.block_output(seen["out"])
-    torch.testing.assert_close(inputs[0][0][0], expected)
+    torch.testing.assert_close(inputs.hidden[0], expected)
 
 
 @pytest.mark.parametrize("scorer", ["wanda", "magnitude", "random"])

@@ -79,7 +79,7 @@ def test_collect_streams_equals_separate_collects(family, batch_size):
         applier=manager.appliers.create("sparsegpt"),  # asks for Hessians too
         sparsity=0.5,
     )
-    session = Session(LoadedModel(model, adapter, "tiny"), spec, adapter.blocks(model), [])
+    session = Session(LoadedModel(model, adapter, "tiny"), spec, adapter.blocks(model))
     first = session.capture(token_batches(4, 12, batch_size=batch_size))
     second = session.run(session.blocks[0], first)
     streams = [first, second, first]

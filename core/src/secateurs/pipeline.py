@@ -1,6 +1,7 @@
 """The one place a pruning session runs, block by block.
 
-    adapter.blocks(model) → capture block 0's inputs for every calibration batch →
+    adapter.blocks(model) → capture block 0's inputs for every calibration batch (and
+    every block's own extra arguments: ``block_inputs``) →
     allocator.prepare(session) → for each block: collect input statistics (hooks) →
     score → allocate → apply → re-run the block so the next one sees pruned outputs.
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from secateurs.block_inputs import Inputs, capture_inputs
 from secateurs.errors import SecateursError
 from secateurs.protocols import (
     NEEDS_REFERENCE,
@@ -41,11 +43,6 @@ from secateurs.offload import materialized
 from secateurs.stats import collect_stats
 from secateurs.structured import group_numel
 from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit, UnitReport
-
-HIDDEN_KEYS = ("hidden_states", "x", "input")
-Inputs = list[tuple[tuple[Any, ...], dict[str, Any]]]
-"""Per calibration batch: the positional and keyword arguments one block is called with."""
-
 
 @attrs.define(eq=False)
 class PruneSpec:
@@ -97,48 +94,30 @@ def target_blocks(model: nn.Module, patterns: Sequence[str], exclude: Sequence[s
     return [Block("model", 0, model, tuple(units))]
 
 
-class _Stop(Exception):
-    """Raised by the catcher once block 0's inputs are captured."""
-
-
-def capture_inputs(loaded: LoadedModel, first: Block, batches: Iterable[Any]) -> Inputs:
-    """Run the model on every batch and keep the arguments block 0 is called with."""
-    captured: Inputs = []
-
-    def catch(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if not args:  # hidden state passed by keyword: make it positional
-            kwargs = dict(kwargs)
-            key = next((k for k in HIDDEN_KEYS if k in kwargs), None)
-            if key is None:
-                raise SecateursError(f"block {first.name!r} was called without a hidden state")
-            args = (kwargs.pop(key),)
-        captured.append((args, kwargs))
-        raise _Stop
-
-    handle = first.module.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                try:
-                    loaded.adapter.forward(loaded.model, batch)
-                except _Stop:
-                    continue
-                raise SecateursError(f"the model's forward never called its first block {first.name!r}")
-    finally:
-        handle.remove()
-    return captured
+def capture(loaded: LoadedModel, blocks: Sequence[Block], batches: Iterable[Any]) -> Inputs:
+    """Block 0's inputs for every calibration batch, each block with the arguments the
+    model itself gives it (``secateurs.block_inputs.capture_inputs``)."""
+    adapter = loaded.adapter
+    return capture_inputs(
+        lambda batch: adapter.forward(loaded.model, batch),
+        [b.module for b in blocks],
+        adapter.block_output,
+        batches,
+    )
 
 
 class Session:
     """A pruning session over one model: the handle allocators get in ``prepare``.
 
     ``blocks`` in order; ``inputs`` are block 0's captured calibration inputs (empty for
-    data-free runs). Methods run blocks; none of them changes weights unless asked to
+    data-free runs); the ``Inputs`` a block's run returns carry the next block's own
+    arguments. Methods run blocks; none of them changes weights unless asked to
     (``prune_block``), and ``trial(block)`` restores a block's weights on exit.
     """
 
-    def __init__(self, loaded: LoadedModel, spec: PruneSpec, blocks: list[Block], inputs: Inputs) -> None:
-        self.loaded, self.spec, self.blocks, self.inputs = loaded, spec, blocks, inputs
+    def __init__(self, loaded: LoadedModel, spec: PruneSpec, blocks: list[Block], inputs: Inputs | None = None) -> None:
+        self.loaded, self.spec, self.blocks = loaded, spec, blocks
+        self.inputs = Inputs() if inputs is None else inputs
         self.timings: dict[str, float] = {}
         self._generator = torch.Generator(device="cpu").manual_seed(spec.seed)
 
@@ -164,14 +143,15 @@ class Session:
 
     # -- running blocks ----------------------------------------------------------------
     def run(self, block: Block, inputs: Inputs, *, keep_outputs: bool = True) -> Inputs:
-        """Run ``block`` on every input; return the next block's inputs (or ``[]``)."""
-        outputs: Inputs = []
+        """Run ``block`` on every input; return the next block's inputs (empty unless
+        ``keep_outputs``)."""
+        outputs: list[torch.Tensor] = []
         with torch.no_grad(), self.timed("forward"):
             for args, kwargs in inputs:
                 out = self.loaded.adapter.block_output(block.module(*args, **kwargs))
                 if keep_outputs:
-                    outputs.append(((out, *args[1:]), kwargs))
-        return outputs
+                    outputs.append(out)
+        return inputs.following(outputs) if keep_outputs else Inputs()
 
     def collect(
         self,
@@ -198,7 +178,7 @@ class Session:
     def capture(self, batches: Iterable[Any]) -> Inputs:
         """Block 0's inputs for other calibration ``batches`` (e.g. a search subset)."""
         with self.timed("capture"):
-            return capture_inputs(self.loaded, self.blocks[0], batches)
+            return capture(self.loaded, self.blocks, batches)
 
     def collect_streams(
         self,
@@ -214,9 +194,8 @@ class Session:
         one forward per sample so the block's weights are read once per sample.
 
         Streams must be of equal length and come from the same captured inputs (what
-        ``run`` returns keeps each sample's extra arguments, so candidates evaluated from
-        the same block-0 inputs qualify): sample ``j`` of every stream must share its
-        extra positional and keyword arguments (the same objects). Hidden states are then
+        ``run`` returns keeps the capture's arguments, so candidates evaluated from the
+        same block-0 inputs qualify: ``Inputs.shares_calls``). Hidden states are then
         concatenated along the batch dimension (stream-major); extra tensors whose leading
         dimension is the batch size (> 1) are repeated to match, others broadcast. Streams
         that do not qualify run one after another. Results equal separate ``collect`` calls
@@ -233,13 +212,13 @@ class Session:
                 for stats in self.collect_streams(block, streams[start : start + step], units, hessian=hessian)
             ]
         want_hessian = self._want_hessian(hessian)
-        if len(streams) == 1 or not _shared_extras(streams):
+        if len(streams) == 1 or not all(streams[0].shares_calls(s) for s in streams[1:]):
             return [self.collect(block, s, units, hessian=want_hessian)[0] for s in streams]
         n = len(streams)
         with collect_stats(units, hessian=want_hessian, splits=n) as col, torch.no_grad(), self.timed("forward"):
             for j, (args, kwargs) in enumerate(streams[0]):
                 batch = args[0].shape[0]
-                hidden = torch.cat([s[j][0][0] for s in streams])
+                hidden = torch.cat([s.hidden[j] for s in streams])
                 extras = _repeat_batch(args[1:], n, batch)
                 block.module(hidden, *extras, **_repeat_batch(kwargs, n, batch))
         return col.split_stats
@@ -382,7 +361,7 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         check(blocks, spec.granularity)
     params_total = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
-    session = Session(loaded, spec, blocks, [])
+    session = Session(loaded, spec, blocks)
     targets = _all_targets(session)
     if spec.granularity != UNSTRUCTURED:
         if not targets:
@@ -400,12 +379,12 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         if not spec.calibration:
             raise SecateursError("this scorer or applier needs calibration data; the recipe gives none")
         with session.timed("capture"):
-            session.inputs = capture_inputs(loaded, blocks[0], spec.calibration)
+            session.inputs = capture(loaded, blocks, spec.calibration)
     with session.timed("prepare"):
         spec.allocator.prepare(session, spec.sparsity)
 
     reports: list[UnitReport] = []
-    inputs, session.inputs = session.inputs, []  # hold one block boundary, not two
+    inputs, session.inputs = session.inputs, Inputs()  # hold one block boundary, not two
     with torch.no_grad():
         for block in tqdm(blocks, desc="pruning", unit="block", disable=not spec.progress):
             stats: dict[str, InputStats] = {}
@@ -425,21 +404,6 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         timings=session.timings,
         records=dict(getattr(spec.allocator, "records", None) or {}),
     )
-
-
-def _shared_extras(streams: Sequence[Inputs]) -> bool:
-    """Whether every stream has the first one's length and, per sample, its extra
-    arguments (the same objects) and hidden-state shape."""
-    first = streams[0]
-    for stream in streams[1:]:
-        if len(stream) != len(first):
-            return False
-        for (args, kwargs), (args0, kwargs0) in zip(stream, first, strict=True):
-            if kwargs is not kwargs0 or len(args) != len(args0) or args[0].shape != args0[0].shape:
-                return False
-            if any(a is not b for a, b in zip(args[1:], args0[1:], strict=True)):
-                return False
-    return True
 
 
 def _repeat_batch(value: Any, n: int, batch: int) -> Any:
