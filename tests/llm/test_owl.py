@@ -79,9 +79,11 @@ def test_owl_overhead_is_exactly_one_dense_pass():
     prune_model(base, wanda_spec("uniform"))
     prune_model(owl, wanda_spec("owl"))
     samples, layers = 4, 4
-    # uniform: capture (block 0's pre-hook fires once), then collect + propagate per block
-    # (the last block is not propagated)
-    assert base_calls[0] == samples * (1 + 2 * layers - 1)
+    # uniform: capture (the first sample through every block, checking each block's own
+    # arguments; block 0 only for the others), then collect + propagate per block (the last
+    # block is not propagated)
+    capture = layers + samples - 1
+    assert base_calls[0] == capture + samples * (2 * layers - 1)
     # OWL: one more (dense) pass over every block
     assert owl_calls[0] == base_calls[0] + samples * layers
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -41,7 +42,7 @@ from secateurs.protocols import (
 from secateurs.masks import keep_counts
 from secateurs.offload import materialized
 from secateurs.stats import collect_stats
-from secateurs.structured import group_numel
+from secateurs.structured import entry_layout, removed_entries
 from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit, UnitReport
 
 @attrs.define(eq=False)
@@ -370,7 +371,7 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
             )
         if not hasattr(spec.scorer, "score_group"):
             raise SecateursError(f"this scorer cannot score structured {spec.granularity!r} groups")
-    weights = [_params_per_entry(t) for t in targets]
+    layout = entry_layout(targets) if spec.granularity != UNSTRUCTURED else None
     prepare = getattr(spec.scorer, "prepare", None)
     if prepare is not None:  # whole-model scorers (relevance): once, before anything is pruned
         with session.timed("score"):
@@ -384,6 +385,7 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         spec.allocator.prepare(session, spec.sparsity)
 
     reports: list[UnitReport] = []
+    keeps: list[torch.Tensor] = []  # structured runs: each group's kept components
     inputs, session.inputs = session.inputs, Inputs()  # hold one block boundary, not two
     with torch.no_grad():
         for block in tqdm(blocks, desc="pruning", unit="block", disable=not spec.progress):
@@ -393,10 +395,16 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
                     stats, _ = session.collect(block, inputs)
                 masks, allocation = session.prune_block(block, stats, inputs)
                 reports += _reports(session.targets(block), masks, allocation)
+                if layout is not None:
+                    keeps += [masks[t.name] for t in session.targets(block)]
                 if not session.data_free and block is not blocks[-1]:
                     inputs = session.run(block, inputs)
     session.timings["total"] = time.perf_counter() - start
-    pruned = sum(w * r.pruned for w, r in zip(weights, reports, strict=True))
+    if layout is None:
+        pruned = sum(r.pruned for r in reports)
+    else:
+        _check_components_removed(targets, reports, spec.sparsity)
+        pruned = removed_entries(layout, keeps)
     return PruneResult(
         units=reports,
         params_total=params_total,
@@ -442,9 +450,22 @@ def _reports(targets: Sequence[Unit | Group], masks: Mapping[str, torch.Tensor],
     return out
 
 
-def _params_per_entry(target: Unit | Group) -> int:
-    """Parameters one pruned entry stands for: 1 for units; every coupled parameter entry
-    of one component for groups (measured before anything is removed)."""
-    if isinstance(target, Unit):
-        return 1
-    return group_numel(target) // max(target.size, 1)
+def _check_components_removed(groups: Sequence[Group], reports: Sequence[UnitReport], sparsity: float) -> None:
+    """Warn about groups whose sparsity rounded down to no component; refuse a run in
+    which no group lost one. Both name the smallest rate that removes one component."""
+    idle = [(g, r) for g, r in zip(groups, reports, strict=True) if r.target_sparsity > 0 and r.pruned == 0]
+    if not idle:
+        return
+    smallest = min(g.size for g, _ in idle)
+    advice = f"a sparsity of at least {1 / smallest:.4g} removes one of {smallest} components"
+    if len(idle) == len(groups) and sparsity > 0:
+        raise SecateursError(
+            f"nothing was pruned: at sparsity {sparsity:g} every {groups[0].kind} group rounds down "
+            f"to 0 components ({advice})"
+        )
+    names = ", ".join(g.name for g, _ in idle[:3]) + (" ..." if len(idle) > 3 else "")
+    warnings.warn(
+        f"{len(idle)} of {len(groups)} {groups[0].kind} groups lose no component: their sparsity "
+        f"rounds down to 0 ({names}; {advice})",
+        stacklevel=3,
+    )

@@ -23,8 +23,10 @@ the same companions, so zeroing and removing a component give the same outputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
+import attrs
 import torch
 from torch import nn
 
@@ -92,14 +94,47 @@ def _companions(s: ParamSlice) -> list[str]:
     return []
 
 
-def group_numel(group: Group) -> int:
-    """Parameter entries the group's components hold (coupled slices and companions;
-    buffers such as running statistics are not parameters and not counted)."""
+@attrs.frozen
+class _Span:
+    """Where one group's components lie in one parameter tensor (measured before pruning)."""
+
+    key: tuple[int, str]
+    shape: tuple[int, ...]
+    dim: int
+    start: int
+    width: int
+
+
+def entry_layout(groups: Sequence[Group]) -> list[list[_Span]]:
+    """Per group, the parameter spans its components own (coupled slices and
+    companions), taken from the current shapes: call before anything is removed."""
+    layout = []
+    for group in groups:
+        spans = []
+        for s in coupled_slices(group):
+            tensor = getattr(s.module, s.param)
+            if isinstance(tensor, nn.Parameter):
+                spans.append(_Span((id(s.module), s.param), tuple(tensor.shape), s.dim, s.start, s.span // group.size))
+        layout.append(spans)
+    return layout
+
+
+def removed_entries(layout: Sequence[Sequence[_Span]], keeps: Sequence[torch.Tensor]) -> int:
+    """Parameter entries removed when group ``g`` keeps ``keeps[g]`` (bool ``[size]``),
+    each entry counted once: an entry of a tensor cut along several dimensions (a conv
+    weight losing output channels to one group and input channels to the next) is
+    removed when any of its indices is."""
+    removed: dict[tuple[int, str], tuple[tuple[int, ...], dict[int, torch.Tensor]]] = {}
+    for spans, keep in zip(layout, keeps, strict=True):
+        gone = ~keep.detach().cpu().bool()
+        for span in spans:
+            shape, dims = removed.setdefault(span.key, (span.shape, {}))
+            marks = dims.setdefault(span.dim, torch.zeros(shape[span.dim], dtype=torch.bool))
+            marks[span.start : span.start + gone.numel() * span.width] |= gone.repeat_interleave(span.width)
     total = 0
-    for s in coupled_slices(group):
-        tensor = getattr(s.module, s.param)
-        if isinstance(tensor, nn.Parameter):
-            total += tensor.numel() // tensor.shape[s.dim] * s.span
+    for shape, dims in removed.values():
+        kept = math.prod(n - int(dims[d].sum()) if d in dims else n for d, n in enumerate(shape))
+        total += math.prod(shape) - kept
     return total
 
 
