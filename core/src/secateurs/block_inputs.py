@@ -31,16 +31,21 @@ from torch import nn
 
 from secateurs.errors import SecateursError
 
-HIDDEN_KEYS = ("hidden_states", "x", "input")
-"""Keyword names a block's hidden state may be passed under (made positional)."""
-
-
 @attrs.frozen(eq=False)
 class BlockCall:
-    """What the model passes one block for one batch besides the hidden state."""
+    """What the model passes one block for one batch besides the hidden state: the
+    other positional and keyword arguments, and the keyword the hidden state was passed
+    under (``None``: it was the first positional argument)."""
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    hidden_key: str | None = None
+
+    def arguments(self, hidden: torch.Tensor) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The positional and keyword arguments of the call, with ``hidden`` in its place."""
+        if self.hidden_key is None:
+            return (hidden, *self.args), self.kwargs
+        return self.args, {self.hidden_key: hidden, **self.kwargs}
 
 
 @attrs.frozen(eq=False)
@@ -50,7 +55,8 @@ class Inputs:
 
     ``calls[b][j]`` is block ``b``'s call for batch ``j``; a table with one row serves
     every block (the model gave them all the same arguments). Iterating yields, per
-    batch, the positional and keyword arguments block ``index`` is called with.
+    batch, the positional and keyword arguments block ``index`` is called with (as the
+    model calls it: ``block(*args, **kwargs)``).
     """
 
     hidden: tuple[torch.Tensor, ...] = ()
@@ -62,7 +68,7 @@ class Inputs:
 
     def __iter__(self) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
         for h, call in zip(self.hidden, self.block_calls(), strict=True):
-            yield (h, *call.args), call.kwargs
+            yield call.arguments(h)
 
     def block_calls(self) -> tuple[BlockCall, ...]:
         """Block ``index``'s call for every batch."""
@@ -125,14 +131,18 @@ def capture_inputs(
 
 
 def _split(module_name: str, args: tuple, kwargs: dict) -> tuple[torch.Tensor, BlockCall]:
-    """A block call's hidden state and the rest (a keyword hidden state made positional)."""
-    if not args:
-        kwargs = dict(kwargs)
-        key = next((k for k in HIDDEN_KEYS if k in kwargs), None)
-        if key is None:
-            raise SecateursError(f"block {module_name} was called without a hidden state")
-        args = (kwargs.pop(key),)
-    return args[0], BlockCall(tuple(args[1:]), dict(kwargs))
+    """A block call's hidden state (its first positional argument, else its first keyword
+    argument) and the rest."""
+    if args:
+        hidden, call = args[0], BlockCall(tuple(args[1:]), dict(kwargs))
+    elif kwargs:
+        key = next(iter(kwargs))
+        hidden, call = kwargs[key], BlockCall((), {k: v for k, v in kwargs.items() if k != key}, key)
+    else:
+        raise SecateursError(f"block {module_name} was called without arguments")
+    if not isinstance(hidden, torch.Tensor):
+        raise SecateursError(f"block {module_name}'s first argument is a {type(hidden).__name__}, not a hidden-state tensor")
+    return hidden, call
 
 
 def _real_calls(
@@ -243,7 +253,7 @@ def _template(output: Any, block_output: Callable[[Any], torch.Tensor], index: i
 
 
 def _same_call(a: BlockCall, b: BlockCall) -> bool:
-    return _same(a.args, b.args) and _same(a.kwargs, b.kwargs)
+    return a.hidden_key == b.hidden_key and _same(a.args, b.args) and _same(a.kwargs, b.kwargs)
 
 
 def _same(a: Any, b: Any) -> bool:

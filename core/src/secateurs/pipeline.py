@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from secateurs.block_inputs import Inputs, capture_inputs
+from secateurs.block_inputs import BlockCall, Inputs, capture_inputs
 from secateurs.errors import SecateursError
 from secateurs.protocols import (
     NEEDS_REFERENCE,
@@ -51,8 +51,9 @@ class PruneSpec:
 
     ``granularity``: ``"unstructured"`` (entries of units) or a group kind (``"heads"``,
     ``"neurons"``, ``"channels"``). ``targets``: glob patterns over parameter names
-    (``"*"`` = every parameter); when given, the run is data-free over those parameters
-    instead of the adapter's block units. ``reference``: the tensor of a reference model
+    (``"*"`` = every parameter); when given, the run prunes those parameters instead of
+    the adapter's block units, as one block (the whole model: calibration statistics come
+    from the dense model's own forward). ``reference``: the tensor of a reference model
     by parameter name (KEN's pre-trained model). ``calibration``: batches for the adapter's
     ``forward``; required when the scorer or applier needs statistics.
     """
@@ -80,8 +81,8 @@ def check_sparsity(sparsity: float) -> float:
 
 
 def target_blocks(model: nn.Module, patterns: Sequence[str], exclude: Sequence[str] = ()) -> list[Block]:
-    """One pseudo-block holding every parameter whose name matches ``patterns`` (and none
-    of ``exclude``), for data-free runs over parameters outside the adapter's blocks."""
+    """One pseudo-block, the whole model, holding every parameter whose name matches
+    ``patterns`` (and none of ``exclude``)."""
     modules = dict(model.named_modules())
     units = []
     for name, _ in model.named_parameters():
@@ -217,11 +218,11 @@ class Session:
             return [self.collect(block, s, units, hessian=want_hessian)[0] for s in streams]
         n = len(streams)
         with collect_stats(units, hessian=want_hessian, splits=n) as col, torch.no_grad(), self.timed("forward"):
-            for j, (args, kwargs) in enumerate(streams[0]):
-                batch = args[0].shape[0]
-                hidden = torch.cat([s.hidden[j] for s in streams])
-                extras = _repeat_batch(args[1:], n, batch)
-                block.module(hidden, *extras, **_repeat_batch(kwargs, n, batch))
+            for j, call in enumerate(streams[0].block_calls()):
+                batch = streams[0].hidden[j].shape[0]
+                repeated = BlockCall(_repeat_batch(call.args, n, batch), _repeat_batch(call.kwargs, n, batch), call.hidden_key)
+                args, kwargs = repeated.arguments(torch.cat([s.hidden[j] for s in streams]))
+                block.module(*args, **kwargs)
         return col.split_stats
 
     def score(
@@ -348,8 +349,6 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
             "this scorer selects entries given each row's keep count, so it needs an allocator "
             "that works without scores (e.g. 'uniform')"
         )
-    if spec.targets is not None and spec.needed_stats():
-        raise SecateursError("`targets` selects parameters for data-free runs; this scorer needs calibration")
     model = loaded.model
     if blocks is None:
         blocks = (
@@ -357,6 +356,8 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
             if spec.targets is not None
             else loaded.adapter.blocks(model)
         )
+    if spec.needed_stats():
+        _check_hookable(blocks)
     check = getattr(spec.applier, "check", None)
     if check is not None:
         check(blocks, spec.granularity)
@@ -448,6 +449,19 @@ def _reports(targets: Sequence[Unit | Group], masks: Mapping[str, torch.Tensor],
             )
         )
     return out
+
+
+def _check_hookable(blocks: Sequence[Block]) -> None:
+    """Input statistics are collected from a unit's module input: every unit must be the
+    weight of a layer that multiplies its input by it."""
+    for block in blocks:
+        for unit in block.units:
+            if unit.param != "weight" or unit.weight.dim() < 2 or isinstance(unit.module, nn.Embedding):
+                raise SecateursError(
+                    f"{unit.qualified_name} is not a Linear/Conv weight, so this scorer or applier has no "
+                    "input statistics for it; narrow `targets` to weights (e.g. '*.weight') or use "
+                    "a data-free scorer (magnitude, random)"
+                )
 
 
 def _check_components_removed(groups: Sequence[Group], reports: Sequence[UnitReport], sparsity: float) -> None:

@@ -69,7 +69,7 @@ class Search:
 
     def __init__(self, session: Session, inputs: Inputs, *, max_streams: int | None = None) -> None:
         self.session, self.inputs, self.max_streams = session, inputs, max_streams
-        self._samples = sum(int(args[0].shape[0]) for args, _ in inputs)
+        self._samples = sum(int(h.shape[0]) for h in inputs.hidden)
         self.profile = Profile()
         scorer = session.spec.scorer
         self._input_free_scores = not scorer.selects and not (set(scorer.requires) & {STAT_SQ_NORM, STAT_HESSIAN})
