@@ -113,7 +113,7 @@ def accuracy(state: dict[str, torch.Tensor], sentences: list[tuple[str, int]], b
 
 def export_folders(target: Path) -> None:
     """``target/pretrained-minilm`` and ``target/finetuned-minilm`` as ``save_pretrained``
-    folders (model + tokenizer): the inputs of ``plugins/ken/examples/ken-minilm.toml``."""
+    folders (model + tokenizer): the inputs of ``plugins/ken/recipes/ken-minilm.toml``."""
     pre, ft = load_states()
     for name, state in (("pretrained-minilm", pre), ("finetuned-minilm", ft)):
         model = fresh_model()

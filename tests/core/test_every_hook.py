@@ -1,16 +1,26 @@
-"""A third-party plugin that implements every hook runs a whole recipe with its own parts."""
+"""A third-party plugin that implements every hook runs a whole recipe with its own parts,
+and parts implementing every optional member (``secateurs.protocols.OPTIONAL``) are used."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import ClassVar
 
+import attrs
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 
 import secateurs
+from secateurs.errors import SecateursError
+from secateurs.hookspecs import hookimpl
+from secateurs.loading import find_adapter
 from secateurs.plugins import PluginManager
-from toy_plugin import MLPStack, ToyPlugin
+from secateurs.protocols import OPTIONAL, LoadedModel
+from secateurs.types import Block, Group
+from toy_plugin import InputWeighted, MLPStack, MLPStackAdapter, Ramp, ToyPlugin, ZeroAndCount
 
 
 @pytest.fixture
@@ -73,3 +83,117 @@ def test_plugin_commands_are_added_to_the_cli(manager):
     manager.add_commands(cli)  # secateurs_register_commands
     result = CliRunner().invoke(cli, ["toy-hello"])
     assert result.exit_code == 0 and result.output == "hello from toy\n"
+
+
+# -- every optional member -------------------------------------------------------------
+
+
+@attrs.frozen
+class ExplainingMLPAdapter(MLPStackAdapter):
+    """The toy adapter with every optional adapter member; it loads nothing."""
+
+    name: str = "mlp-explaining"
+    generic: ClassVar[bool] = False
+
+    def load(self, path: Path, *, device: str, dtype: torch.dtype | None) -> LoadedModel | None:
+        return None
+
+    def explain(self, model: nn.Module) -> str | None:
+        return None if self.supports(model) else "only MLP stacks here"
+
+    def explain_load(self, path: Path) -> str | None:
+        return "never loads folders"
+
+    def structured_refusal(self, model: nn.Module, kind: str) -> str | None:
+        return f"MLP stacks have no {kind}"
+
+    def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None:
+        raise AssertionError("no groups, so nothing is ever removed")
+
+
+@attrs.frozen
+class RecordingScorer(InputWeighted):
+    """The toy scorer with every optional scorer member: records what it was given."""
+
+    records: dict = attrs.field(factory=dict)
+
+    def prepare(self, loaded: LoadedModel, calibration: list | None) -> None:
+        self.records["recording"] = {"prepared_batches": len(calibration or ())}
+
+    def score_group(self, group: Group, ctx) -> torch.Tensor:
+        return torch.ones(group.size)
+
+
+@attrs.frozen
+class CheckingZero(ZeroAndCount):
+    """The toy applier with ``check``: refuses structured runs before any work."""
+
+    def check(self, blocks, granularity: str) -> None:
+        if granularity != "unstructured":
+            raise SecateursError(f"checking-zero prunes entries, not {granularity}")
+
+
+OPTIONAL_PARTS = (ExplainingMLPAdapter(), RecordingScorer(), CheckingZero(), Ramp())
+
+
+class OptionalMembersPlugin:
+    @hookimpl
+    def secateurs_register_adapters(self, register):
+        register("mlp-explaining", ExplainingMLPAdapter)
+
+    @hookimpl
+    def secateurs_register_scorers(self, register):
+        register("recording", RecordingScorer)
+
+    @hookimpl
+    def secateurs_register_appliers(self, register):
+        register("checking-zero", CheckingZero)
+
+
+@pytest.fixture
+def optional_manager(manager):
+    manager.register(OptionalMembersPlugin(), name="optional")
+    try:
+        yield manager
+    finally:
+        manager.unregister("optional")
+
+
+@pytest.mark.parametrize("protocol", sorted({p for ps in OPTIONAL.values() for p in ps}, key=lambda p: p.__name__))
+def test_every_optional_member_has_a_part_here(protocol):
+    """Fails when an optional protocol is added without a part in this file implementing it."""
+    assert any(isinstance(part, protocol) for part in OPTIONAL_PARTS), protocol.__name__
+
+
+def _recipe(tmp_path, **changes):
+    return {
+        "model": "toy-mlp", "output": str(tmp_path / "out"), "sparsity": 0.5,
+        "calibration": {"name": "gaussian", "nsamples": 8}, "scorer": "recording",
+        "allocator": "ramp", "applier": "checking-zero", "exporters": ["report"], **changes,
+    }
+
+
+def test_scorer_and_allocator_records_reach_the_report(optional_manager, tmp_path):
+    outcome = secateurs.prune(_recipe(tmp_path), manager=optional_manager, progress=False)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["records"]["ramp"] == {"blocks": 3}  # the allocator's
+    assert report["records"]["recording"] == {"prepared_batches": 2}  # the scorer's, prepared once
+    assert outcome.result.records == report["records"]
+
+
+def test_an_applier_check_refuses_before_any_work(optional_manager, tmp_path):
+    with pytest.raises(SecateursError, match="checking-zero prunes entries, not neurons"):
+        secateurs.prune(_recipe(tmp_path, granularity="neurons"), manager=optional_manager, progress=False)
+
+
+def test_a_structured_refusal_says_why(optional_manager, tmp_path):
+    recipe = _recipe(tmp_path, model=None, granularity="neurons", applier="zero-and-count", adapter="mlp-explaining")
+    with pytest.raises(SecateursError, match="MLP stacks have no neurons"):
+        secateurs.prune(recipe, model=MLPStack(), manager=optional_manager, progress=False)
+
+
+def test_adapter_explanations_name_why_they_decline(optional_manager, tmp_path):
+    with pytest.raises(SecateursError, match="mlp-explaining: only MLP stacks here"):
+        find_adapter(nn.Linear(2, 2), "mlp-explaining", optional_manager)
+    with pytest.raises(SecateursError, match="mlp-explaining: never loads folders"):
+        secateurs.load(tmp_path, adapter="mlp-explaining", manager=optional_manager)

@@ -14,13 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from secateurs import hookspecs
+from secateurs import hookspecs, protocols
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
-from secateurs.plugins import DEFAULT_PLUGINS, KINDS, LOAD_PLUGINS_ENV, PluginManager
+from secateurs.plugins import DEFAULT_PLUGINS, KINDS, LOAD_PLUGINS_ENV, PROTOCOLS, PluginManager
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = sorted(n for n in dir(hookspecs) if n.startswith("secateurs_"))
+PROTOCOL_CLASSES = [
+    obj for obj in vars(protocols).values()
+    if isinstance(obj, type) and getattr(obj, "_is_protocol", False) and obj.__module__ == protocols.__name__
+]
+MEMBERS = [(p.__name__, m) for p in PROTOCOL_CLASSES for m in protocols.protocol_members(p)]
 
 
 def test_every_kind_has_a_hookspec():
@@ -40,6 +45,25 @@ def test_every_hook_has_a_test(hook):
 @pytest.mark.parametrize("hook", HOOKS)
 def test_every_hook_is_documented(hook):
     assert hook in (ROOT / "docs" / "plugins.md").read_text(), f"{hook} is missing from docs/plugins.md"
+
+
+@pytest.mark.parametrize("protocol", [p.__name__ for p in PROTOCOL_CLASSES])
+def test_every_protocol_is_documented(protocol):
+    assert f"`{protocol}`" in (ROOT / "docs" / "plugins.md").read_text(), f"{protocol} is missing from docs/plugins.md"
+
+
+@pytest.mark.parametrize("protocol,member", MEMBERS)
+def test_every_protocol_member_is_documented(protocol, member):
+    """Fails when a member a plugin may implement (required or optional) is undocumented."""
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    assert re.search(rf"`{member}[`(]", docs), f"{protocol}.{member} is missing from docs/plugins.md"
+
+
+def test_every_optional_protocol_belongs_to_a_kind():
+    optional = {p for group in protocols.OPTIONAL.values() for p in group}
+    assert set(protocols.OPTIONAL) <= set(PROTOCOLS.values())
+    runtime = {p for p in PROTOCOL_CLASSES if getattr(p, "_is_runtime_protocol", False)}
+    assert runtime - set(PROTOCOLS.values()) == optional, "an optional protocol is not in OPTIONAL"
 
 
 def test_builtins_are_registered_by_kind():
@@ -99,8 +123,9 @@ def test_a_name_registered_twice_is_reported_against_the_later_plugin():
     manager.register(DuplicatePlugin(), name="dup", distribution="dup-dist")
     failure = next(f for f in manager.failures if f.plugin.name == "dup")
     assert "wanda" in failure.error and "dup-dist" in failure.error and "secateurs" in failure.error
-    assert "mine" not in manager.scorers  # the broken plugin registers nothing
-    assert "wanda" in manager.scorers  # the others are intact
+    assert "its other parts are loaded" in failure.error
+    assert "mine" in manager.scorers  # only the clashing name is skipped
+    assert manager.scorers.entry("wanda").plugin.distribution == "secateurs"  # the first keeps it
 
 
 def test_unknown_name_lists_the_installed_ones():
@@ -113,6 +138,56 @@ def test_bad_parameters_name_the_part():
     manager = PluginManager(load_entry_points=False)
     with pytest.raises(SecateursError, match="scorer 'magnitude'"):
         manager.scorers.create("magnitude", colour="red")
+
+
+@pytest.mark.parametrize(
+    "kind,name,params,msg",
+    [("allocator", "owl", {"m": 0}, "m must be a positive number"),
+     ("allocator", "owl", {"lam": -1}, "lam must be a number >= 0"),
+     ("applier", "sparsegpt", {"blocksize": 0}, "blocksize must be a positive integer"),
+     ("applier", "sparsegpt", {"percdamp": 1.0}, r"percdamp must be a fraction in \(0, 1\)"),
+     ("calibration", "text", {"batch_size": True}, "batch_size must be a positive integer"),
+     ("evaluator", "perplexity", {"max_windows": 0}, "max_windows must be a positive integer")],
+)
+def test_built_in_parameters_are_validated(kind, name, params, msg):
+    registry = PluginManager(load_entry_points=False).registries[kind]
+    with pytest.raises(SecateursError, match=f"{kind} {name!r}: {msg}"):
+        registry.create(name, **params)
+
+
+class IncompletePlugin:
+    """A scorer without ``score`` and an allocator that is not one at all."""
+
+    @hookimpl
+    def secateurs_register_scorers(self, register):
+        class NoScore:
+            requires = frozenset()
+            comparison = "row"
+            selects = False
+
+        register("no-score", NoScore)
+
+    @hookimpl
+    def secateurs_register_allocators(self, register):
+        register("not-an-allocator", dict)
+
+
+def test_a_part_missing_a_member_is_refused_naming_the_plugin_and_the_member():
+    manager = PluginManager(load_entry_points=False)
+    manager.register(IncompletePlugin(), name="incomplete", distribution="incomplete-dist")
+    named = r"scorer 'no-score' of plugin incomplete \(incomplete-dist -\) does not satisfy the Scorer"
+    with pytest.raises(SecateursError, match=named + r" protocol.*: it lacks score$"):
+        manager.scorers.create("no-score")
+    with pytest.raises(SecateursError, match="lacks needs_scores, prepare, allocate"):
+        manager.allocators.create("not-an-allocator")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_builtin_part_satisfies_its_protocol(kind):
+    manager = PluginManager(load_entry_points=False)
+    registry = manager.registries[kind]
+    for name in registry.names():  # every built-in part has defaults for all its parameters
+        assert isinstance(registry.create(name), PROTOCOLS[kind])
 
 
 # -- a real third-party distribution, built as a wheel and installed with pip -----------

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-for folder in ("transformers", "timm"):
+for folder in ("transformers", "timm"):  # families, tf_models, timm_models
     path = str(HERE.parent / folder)
     if path not in sys.path:
         sys.path.insert(0, path)

@@ -6,9 +6,8 @@ import pytest
 import torch
 from secateurs.errors import SecateursError
 from secateurs_ken.density import fast_grid_density, grid_density, grid_points, silverman_bandwidth
-from secateurs_ken.matching import sort_rows
 from secateurs_ken.reference import reference_select_row as reference_row
-from secateurs_ken.select import ken_select
+from secateurs_ken.select import ken_select, sort_rows
 
 
 def _rows(kind: str, rng: np.random.Generator, r: int, n: int) -> np.ndarray:

@@ -127,8 +127,8 @@ def _run(loaded: LoadedModel, applier, scorer: str = "wanda", sparsity: float = 
 
 
 def test_true_sequential_prunes_groups_in_order_and_recollects_the_later_ones():
-    units = LlamaFamilyAdapter().blocks(tiny_causal_lm("llama", layers=1))[0].units
-    groups = SparseGPTApplier(true_sequential=True).groups(units)
+    block = LlamaFamilyAdapter().blocks(tiny_causal_lm("llama", layers=1))[0]
+    groups = SparseGPTApplier(true_sequential=True).groups(block, block.units)
     assert [[u.role for u in g] for g in groups] == [
         ["q_proj", "k_proj", "v_proj"],
         ["o_proj"],

@@ -6,7 +6,8 @@ import pytest
 import torch
 import zennit.torchvision
 
-from secateurs_lrp.canonizers import canonized, canonizers_for
+from secateurs_lrp.canonizers import canonized
+from secateurs_lrp.zoos import canonizers_for
 from secateurs_lrp.composites import CompositeSpec
 from secateurs_lrp.relevance import conservation
 from lrp_tiny import CLASSES, family, images, tiny  # noqa: F401 (fixtures)

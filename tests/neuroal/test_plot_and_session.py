@@ -42,6 +42,15 @@ def test_plot_command_writes_a_png(report, tmp_path):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
+def test_plot_command_replaces_its_own_png_only_with_overwrite(report, tmp_path):
+    out = tmp_path / "neuroal.png"
+    assert CliRunner().invoke(_cli(), ["neuroal-plot", str(report), "-o", str(out)]).exit_code == 0
+    again = CliRunner().invoke(_cli(), ["neuroal-plot", str(report), "-o", str(out)])
+    assert isinstance(again.exception, SecateursError) and "--overwrite" in str(again.exception)
+    res = CliRunner().invoke(_cli(), ["neuroal-plot", str(report), "-o", str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+
+
 def test_plot_command_defaults_next_to_the_report(report):
     res = CliRunner().invoke(_cli(), ["neuroal-plot", str(report.parent)])
     assert res.exit_code == 0, res.output

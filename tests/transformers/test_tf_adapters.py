@@ -31,6 +31,7 @@ def test_blocks_units_and_groups(family):
         for unit in block.units:
             assert params[unit.qualified_name] is unit.weight  # names are the model's own
             assert unit.name.startswith(block.name + ".")
+        assert [u.role for stage in block.stages for u in block.units if u.name in stage] == roles
         kinds = {g.kind: g for g in block.groups}
         assert set(kinds) == {"heads", "neurons"}
         assert kinds["neurons"].size == config.intermediate_size
@@ -79,15 +80,38 @@ def test_bert_load_picks_the_auto_class_from_the_config(tmp_path, head):
     assert type(loaded.model) is expected
 
 
-def test_unsupported_model_lists_adapters_and_the_guide(tmp_path):
-    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32)
-    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
-    attempts = (
-        lambda: load(tmp_path, manager=manager()),
-        lambda: find_adapter(transformers.GPT2LMHeadModel(config), manager=manager()),
-    )
-    for attempt in attempts:
+def tiny_t5():
+    config = transformers.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+    return transformers.T5ForConditionalGeneration(config)
+
+
+def test_unsupported_model_says_why_each_adapter_declined(tmp_path):
+    tiny_t5().save_pretrained(tmp_path)
+    attempts = {
+        "folder": lambda: load(tmp_path, manager=manager()),
+        "model": lambda: find_adapter(torch.nn.Sequential(torch.nn.Embedding(4, 4)), manager=manager()),
+    }
+    why = {
+        "folder": {"bert": "model_type 't5' is not one of", "decoder": "names no causal LM architecture"},
+        "model": {
+            "bert": "has no `encoder.layer` list",
+            "decoder": "Sequential is not a transformers causal LM",
+            "module": "no nn.Linear or nn.Conv layer",
+        },
+    }
+    for kind, attempt in attempts.items():
         with pytest.raises(SecateursError) as err:
             attempt()
         message = str(err.value)
-        assert "bert" in message and "llama" in message and "docs/adapters.md" in message
+        for adapter, reason in why[kind].items():
+            assert f"\n  {adapter}: " in message and reason in message, message
+        assert "llama" in message and '"Writing an architecture adapter"' in message and "docs/" not in message
+
+
+def test_llama_adapter_explains_a_layout_it_does_not_know():
+    import families
+
+    model = families.tiny_model("phi3")
+    assert find_adapter(model, manager=manager()).name == "decoder"
+    with pytest.raises(SecateursError, match=r"llama: no nn.Linear `self_attn.q_proj` in Phi3DecoderLayer"):
+        find_adapter(model, "llama", manager=manager())

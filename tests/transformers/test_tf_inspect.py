@@ -79,8 +79,8 @@ def test_inspect_command_on_an_unsupported_model_fails_clearly(tmp_path, capsys,
 
     from secateurs.cli import main
 
-    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32)
-    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    config = transformers.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+    transformers.T5ForConditionalGeneration(config).save_pretrained(tmp_path)
     monkeypatch.setenv(LOAD_PLUGINS_ENV, "transformers")
     reset_manager()
     try:
@@ -90,4 +90,5 @@ def test_inspect_command_on_an_unsupported_model_fails_clearly(tmp_path, capsys,
         reset_manager()
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "no installed adapter supports" in err and "docs/adapters.md" in err
+    assert "no installed adapter supports" in err and "decoder: config.json names no causal LM" in err
+    assert "Writing an architecture adapter" in err

@@ -18,11 +18,11 @@ from secateurs.protocols import LoadedModel
 
 
 @functools.cache
-def manager() -> PluginManager:
-    """The built-in plugins and the transformers plugin only: these tests need no other
-    plugin, and importing them all (timm, zennit...) costs seconds."""
+def manager(plugins: str = "transformers") -> PluginManager:
+    """The built-in plugins and ``plugins`` only (default: the transformers plugin): these
+    tests need few plugins, and importing them all (timm, zennit...) costs seconds."""
     saved = os.environ.get(LOAD_PLUGINS_ENV)
-    os.environ[LOAD_PLUGINS_ENV] = "transformers"
+    os.environ[LOAD_PLUGINS_ENV] = plugins
     try:
         return PluginManager()
     finally:
@@ -33,7 +33,8 @@ def manager() -> PluginManager:
 
 
 FAMILIES = ("llama", "mistral", "qwen2", "bert", "bert-cls")
-ADAPTER = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "bert": "bert", "bert-cls": "bert"}
+ADAPTER = {"llama": "decoder", "mistral": "decoder", "qwen2": "decoder", "bert": "bert", "bert-cls": "bert"}
+"""The adapter ``find_adapter`` picks (``decoder`` before ``llama``, which it generalises)."""
 
 
 def tiny_bert(head: bool = False, *, layers: int = 2, seed: int = 0):
@@ -86,13 +87,14 @@ def loaded_tiny(family: str) -> LoadedModel:
 
 
 def spec(applier: str, granularity: str = "unstructured", *, sparsity: float = 0.5, scorer: str = "magnitude",
-         allocator: str = "uniform", calibration=None) -> PruneSpec:
-    """A quiet pruning run with parts from ``manager()``."""
-    m = manager()
+         allocator: str = "uniform", calibration=None, plugins: str = "transformers",
+         applier_params: dict | None = None, allocator_params: dict | None = None) -> PruneSpec:
+    """A quiet pruning run with parts from ``manager(plugins)``."""
+    m = manager(plugins)
     return PruneSpec(
         scorer=m.scorers.create(scorer),
-        allocator=m.allocators.create(allocator),
-        applier=m.appliers.create(applier),
+        allocator=m.allocators.create(allocator, **(allocator_params or {})),
+        applier=m.appliers.create(applier, **(applier_params or {})),
         sparsity=sparsity,
         granularity=granularity,
         calibration=calibration,

@@ -4,36 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
-from typing import Any
 
 import click
 
 from secateurs.errors import SecateursError
 from secateurs.inspection import inspect_command
 from secateurs.plugins import KINDS, get_manager
+from secateurs.recipe import parse_overrides  # plugins' commands may still import it from here
 
 
 PLURALS = {"calibration": "calibration sources", "model": "packaged models"}
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``("scorer.comparison=row", "sparsity=0.6")`` → dotted keys with TOML-parsed values
-    (a value that is not TOML stays a string). Plugins' commands reuse it for ``--set``."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SecateursError(f"--set takes KEY=VALUE (e.g. scorer.comparison=row), got {pair!r}")
-        out[key.strip()] = _parse_value(value.strip())
-    return out
+OVERWRITE_HELP = "Replace an output directory an earlier secateurs run wrote (never any other folder)."
 
 
 @click.group()
@@ -49,10 +30,11 @@ def cli() -> None:
 @click.option("--sparsity", type=float, help="Override the target sparsity.")
 @click.option("--device", help="Device to prune on (cpu, cuda, cuda:1...).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key (dotted).")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> None:
     """Prune a model as RECIPE (a TOML file) says."""
+    from secateurs.masks import parse_nm
     from secateurs.recipe import load_recipe
     from secateurs.run import prune as run_prune
 
@@ -61,7 +43,14 @@ def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> No
         if value is not None:
             overrides[key] = value
     loaded_recipe = load_recipe(recipe).with_overrides(overrides)
-    outcome = run_prune(loaded_recipe, overwrite=overwrite, progress=not quiet)
+    pattern = loaded_recipe.applier.params.get("pattern")
+    if sparsity is not None and pattern is not None:
+        n, m = parse_nm(pattern)
+        raise SecateursError(
+            f"--sparsity {sparsity} does not apply: the applier's N:M pattern {pattern} fixes the sparsity "
+            f"at {1 - n / m:.0%}; drop --sparsity, or change the pattern (e.g. --set applier.pattern=1:4)"
+        )
+    outcome = run_prune(loaded_recipe, overwrite=overwrite, progress=not quiet, reads=[("recipe", recipe)])
     result = outcome.result
     click.echo(
         f"pruned {len(result.units)} units to {result.sparsity:.2%} sparsity "
@@ -118,15 +107,19 @@ def plugins(as_json) -> None:
             if names:
                 click.echo(f"    {PLURALS.get(kind, kind + 's') + ':':<22}{', '.join(names)}")
     for failure in failures:
-        click.echo(f"FAILED {failure['plugin']} ({failure['distribution']}): {failure['error']}", err=True)
+        click.echo(f"FAILED {failure['plugin']} ({failure['distribution']})", err=True)
 
 
 cli.add_command(inspect_command)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors print one clear line and exit with status 2."""
-    get_manager().add_commands(cli)
+    """Entry point: user errors print one clear line and exit with status 2; every plugin
+    problem (``PluginManager.warnings``) prints one warning line first, on every command."""
+    manager = get_manager()
+    manager.add_commands(cli)
+    for line in manager.warnings():
+        click.echo(f"warning: {line}", err=True)
     try:
         cli.main(args=argv, prog_name="secateurs", standalone_mode=False)
     except SecateursError as exc:

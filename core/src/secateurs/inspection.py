@@ -57,7 +57,7 @@ def describe(loaded: LoadedModel) -> dict[str, Any]:
     """Plain-data description of ``loaded`` as its adapter sees it (see module docstring)."""
     model = loaded.model
     blocks = loaded.adapter.blocks(model)
-    pruned = {id(u.weight) for b in blocks for u in b.units}
+    pruned = {id(u.parameter) for b in blocks for u in b.units}
     in_blocks = {id(p) for b in blocks for p in b.module.parameters()} | pruned
     outside: dict[str, int] = {}
     for name, p in model.named_parameters():

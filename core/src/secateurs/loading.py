@@ -2,40 +2,116 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from secateurs.builtins.module import FACTORY_KEY
+from secateurs.devices import check_device
 from secateurs.errors import SecateursError
 from secateurs.plugins import PluginManager, get_manager
-from secateurs.protocols import Adapter, LoadedModel
+from secateurs.protocols import (
+    Adapter,
+    ExplainingAdapter,
+    ExplainingLoader,
+    GenericAdapter,
+    LoadedModel,
+)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": None}
-ADAPTER_GUIDE = "docs/adapters.md (an adapter is a plugin like any other)"
+ADAPTER_GUIDE = '"Writing an architecture adapter" in the secateurs documentation (an adapter is a plugin like any other)'
 
 
 def _adapters(manager: PluginManager, name: str | None) -> list[Adapter]:
+    """The named adapter, or every installed one with generic adapters (``GenericAdapter``
+    with ``generic = True``, such as ``module``) after the architecture ones."""
     if name is not None:
         return [manager.adapters.create(name)]
-    return [manager.adapters.create(n) for n in manager.adapters.names()]
+    adapters = [manager.adapters.create(n) for n in manager.adapters.names()]
+    return sorted(adapters, key=_is_generic)
 
 
-def _no_adapter(what: str, manager: PluginManager) -> SecateursError:
+def _is_generic(adapter: Adapter) -> bool:
+    return isinstance(adapter, GenericAdapter) and bool(adapter.generic)
+
+
+def _no_adapter(what: str, manager: PluginManager, reasons: list[tuple[str, str]]) -> SecateursError:
+    """The refusal: each adapter tried (``reasons``: name, why it declined), then the guide."""
     installed = ", ".join(manager.adapters.names()) or "none"
+    tried = "".join(f"\n  {name}: {why}" for name, why in reasons)
     return SecateursError(
-        f"no installed adapter supports {what}. Installed adapters: {installed}. "
+        f"no installed adapter supports {what}. Tried:{tried or ' none'}\nInstalled adapters: {installed}. "
         f"Install the adapter distribution for this architecture, or write one: see {ADAPTER_GUIDE}"
     )
+
+
+def _why_not_supported(adapter: Adapter, model: nn.Module) -> str:
+    """Why ``adapter`` declined ``model``: its optional ``explain``, else a generic sentence."""
+    why = adapter.explain(model) if isinstance(adapter, ExplainingAdapter) else None
+    return why or "does not support this model"
+
+
+def _why_not_loaded(adapter: Adapter, path: Path) -> str:
+    """Why ``adapter`` loaded nothing from ``path``: its optional ``explain_load``, else a
+    generic sentence."""
+    why = adapter.explain_load(path) if isinstance(adapter, ExplainingLoader) else None
+    return why or "does not load this format"
 
 
 def find_adapter(model: nn.Module, name: str | None = None, manager: PluginManager | None = None) -> Adapter:
     """The first installed adapter (or the one named) that supports ``model``."""
     manager = manager or get_manager()
+    reasons = []
     for adapter in _adapters(manager, name):
         if adapter.supports(model):
             return adapter
-    raise _no_adapter(f"{type(model).__name__}", manager)
+        reasons.append((adapter.name, _why_not_supported(adapter, model)))
+    raise _no_adapter(f"{type(model).__name__}", manager, reasons)
+
+
+def wrap(model: nn.Module, adapter: str | None = None, manager: PluginManager | None = None) -> LoadedModel:
+    """An in-memory ``model`` with the adapter that supports it (or the one named). A
+    model only a generic adapter supports is pruned by it, with a warning saying so."""
+    found = find_adapter(model, adapter, manager)
+    if adapter is None and _is_generic(found):
+        warnings.warn(
+            f"no architecture adapter knows {type(model).__name__}; pruning it with the generic "
+            f"{found.name!r} adapter (unstructured, the whole model as one block)",
+            stacklevel=2,
+        )
+    return LoadedModel(model=model, adapter=found, source=f"<{type(model).__name__} in memory>")
+
+
+FACTORY = re.compile(r"(?P<file>.+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)")
+"""A model source ``"file.py:name"``: call ``name()`` from that Python file."""
+
+
+def build_from_factory(spec: str) -> nn.Module:
+    """The ``nn.Module`` returned by the factory ``"file.py:name"`` (the file is imported
+    as a module; the factory is called without arguments)."""
+    match = FACTORY.fullmatch(spec)
+    if match is None:
+        raise SecateursError(f"{spec!r} is not a model factory; write it as 'file.py:function'")
+    file = Path(match["file"]).expanduser()
+    if not file.is_file():
+        raise SecateursError(f"model factory file {file} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"secateurs_factory_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # the user's file: report what it raised, in one line
+        raise SecateursError(f"importing model factory file {file} failed: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, match["name"], None)
+    if not callable(factory):
+        raise SecateursError(f"{file} defines no function {match['name']!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise SecateursError(f"model factory {spec} returned a {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def resolve_source(source: str | Path, manager: PluginManager | None = None) -> Path:
@@ -62,17 +138,29 @@ def load(
     source: str | Path,
     *,
     device: str = "cpu",
-    dtype: str | torch.dtype | None = "float32",
+    dtype: str | torch.dtype | None = "auto",
     adapter: str | None = None,
     manager: PluginManager | None = None,
 ) -> LoadedModel:
-    """Load a model from a folder/file or a packaged model name with the adapter that claims it."""
+    """Load a model from a folder/file, a packaged model name or a factory
+    (``"file.py:name"``: ``build_from_factory``) with the adapter that claims it.
+    ``dtype="auto"`` keeps the model's own dtype; ``device`` is checked first (``check_device``)."""
     manager = manager or get_manager()
-    path = resolve_source(source, manager)
+    check_device(device)
     torch_dtype = parse_dtype(dtype)
-    for candidate in _adapters(manager, adapter):
+    factory = FACTORY.fullmatch(str(source))
+    if factory and not Path(str(source)).expanduser().exists():
+        loaded = wrap(build_from_factory(str(source)), adapter, manager)
+        loaded.model.to(device=device, dtype=torch_dtype).eval()
+        loaded.source = str(source)
+        loaded.extra[FACTORY_KEY] = f"{Path(factory['file']).expanduser().resolve()}:{factory['name']}"
+        return loaded
+    path = resolve_source(source, manager)
+    candidates = _adapters(manager, adapter)
+    for candidate in candidates:
         loaded = candidate.load(path, device=device, dtype=torch_dtype)
         if loaded is not None:
             loaded.source = str(source)
             return loaded
-    raise _no_adapter(f"the model at {path}", manager)
+    reasons = [(c.name, _why_not_loaded(c, path)) for c in candidates]
+    raise _no_adapter(f"the model at {path}", manager, reasons)

@@ -87,8 +87,10 @@ def parse_nm(pattern: str) -> tuple[int, int]:
     try:
         n_str, m_str = pattern.split(":")
         n, m = int(n_str), int(m_str)
-    except ValueError:
-        raise SecateursError(f"N:M pattern {pattern!r} is not of the form 'N:M' (e.g. '2:4')") from None
+    except (ValueError, AttributeError):  # AttributeError: not a string (pattern = 24)
+        raise SecateursError(
+            f"N:M pattern {pattern!r} is not a string of the form 'N:M'; write it quoted, e.g. pattern = \"2:4\""
+        ) from None
     if not 0 < n < m:
         raise SecateursError(f"N:M pattern {pattern!r} needs 0 < N < M")
     return n, m

@@ -35,15 +35,21 @@ from secateurs.protocols import (
     Allocator,
     Applier,
     BlockContext,
+    CheckingApplier,
     LoadedModel,
+    PreparingScorer,
+    Recording,
     Scorer,
     ScoreContext,
+    StructuredRefusing,
+    StructuredScorer,
 )
 from secateurs.masks import keep_counts
 from secateurs.offload import materialized
 from secateurs.stats import collect_stats
 from secateurs.structured import entry_layout, removed_entries
 from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit, UnitReport
+from secateurs.validators import check_sparsity
 
 @attrs.define(eq=False)
 class PruneSpec:
@@ -72,12 +78,6 @@ class PruneSpec:
 
     def needed_stats(self) -> set[str]:
         return (set(self.scorer.requires) | set(self.applier.requires)) & {STAT_SQ_NORM, STAT_HESSIAN}
-
-
-def check_sparsity(sparsity: float) -> float:
-    if not isinstance(sparsity, int | float) or not 0.0 <= float(sparsity) < 1.0:
-        raise SecateursError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    return float(sparsity)
 
 
 def target_blocks(model: nn.Module, patterns: Sequence[str], exclude: Sequence[str] = ()) -> list[Block]:
@@ -259,7 +259,7 @@ class Session:
             raise SecateursError(
                 "this scorer or applier needs a reference model (set `reference_model` in the recipe)"
             )
-        tensor = self.spec.reference(unit.qualified_name)
+        tensor = unit.orient(self.spec.reference(unit.qualified_name))
         if tensor.shape != unit.weight.shape:
             raise SecateursError(
                 f"reference tensor {unit.qualified_name} has shape {tuple(tensor.shape)}, "
@@ -358,25 +358,28 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         )
     if spec.needed_stats():
         _check_hookable(blocks)
-    check = getattr(spec.applier, "check", None)
-    if check is not None:
-        check(blocks, spec.granularity)
+    if isinstance(spec.applier, CheckingApplier):
+        spec.applier.check(blocks, spec.granularity)
     params_total = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
     session = Session(loaded, spec, blocks)
     targets = _all_targets(session)
     if spec.granularity != UNSTRUCTURED:
         if not targets:
+            adapter = loaded.adapter
+            refuses = isinstance(adapter, StructuredRefusing)
+            reason = adapter.structured_refusal(model, spec.granularity) if refuses else None
             raise SecateursError(
                 f"the {loaded.adapter.name!r} adapter defines no {spec.granularity!r} groups for this model"
+                + (f" ({reason})" if reason else "")
+                + "; unstructured pruning still works"
             )
-        if not hasattr(spec.scorer, "score_group"):
+        if not isinstance(spec.scorer, StructuredScorer):
             raise SecateursError(f"this scorer cannot score structured {spec.granularity!r} groups")
     layout = entry_layout(targets) if spec.granularity != UNSTRUCTURED else None
-    prepare = getattr(spec.scorer, "prepare", None)
-    if prepare is not None:  # whole-model scorers (relevance): once, before anything is pruned
+    if isinstance(spec.scorer, PreparingScorer):  # whole-model scorers: once, before any pruning
         with session.timed("score"):
-            prepare(loaded, spec.calibration)
+            spec.scorer.prepare(loaded, spec.calibration)
     if not session.data_free:
         if not spec.calibration:
             raise SecateursError("this scorer or applier needs calibration data; the recipe gives none")
@@ -411,7 +414,7 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         params_total=params_total,
         params_pruned=pruned,
         timings=session.timings,
-        records=dict(getattr(spec.allocator, "records", None) or {}),
+        records=_records(spec.allocator, spec.scorer),
     )
 
 
@@ -428,6 +431,11 @@ def _repeat_batch(value: Any, n: int, batch: int) -> Any:
     if isinstance(value, dict):
         return {k: _repeat_batch(v, n, batch) for k, v in value.items()}
     return value
+
+
+def _records(*parts: object) -> dict[str, Any]:
+    """The ``records`` of every ``Recording`` part (``None`` counts as empty), merged in order."""
+    return {k: v for part in parts if isinstance(part, Recording) for k, v in (part.records or {}).items()}
 
 
 def _all_targets(session: Session) -> list[Unit] | list[Group]:

@@ -2,10 +2,12 @@
 
 Third-party plugins are distributions with an entry point in the group ``secateurs``.
 ``SECATEURS_LOAD_PLUGINS`` controls autoloading: unset loads every entry point; an empty
-value loads none; a comma-separated list loads only those entry-point names. A plugin
-that fails to import, whose hook raises, or that registers a name twice is recorded in
-``PluginManager.failures`` (with the plugin and its distribution named) and skipped; the
-others still load.
+value loads none; a comma-separated list loads only those entry-point names (a name no
+installed plugin has is reported). A plugin that fails to import or whose hook raises is
+recorded in ``PluginManager.failures`` (with the plugin and its distribution named) and
+skipped; a plugin that registers a name another plugin already has loses that one name
+(recorded too) and keeps its other parts; the others still load. The CLI prints every
+``PluginManager.warnings()`` line on every command.
 """
 
 from __future__ import annotations
@@ -22,9 +24,21 @@ import pluggy
 
 from secateurs import hookspecs
 from secateurs.errors import SecateursError
+from secateurs.protocols import (
+    Adapter,
+    Allocator,
+    Applier,
+    CalibrationSource,
+    Evaluator,
+    Exporter,
+    PackagedModel,
+    Scorer,
+    missing_members,
+)
 
 ENTRY_POINT_GROUP = "secateurs"
 LOAD_PLUGINS_ENV = "SECATEURS_LOAD_PLUGINS"
+_NOT_LOADED = f"none of its parts are loaded (fix or uninstall it, or leave it out of {LOAD_PLUGINS_ENV})"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "secateurs.builtins.scorers",
@@ -35,6 +49,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "secateurs.builtins.remove",
     "secateurs.builtins.exporters",
     "secateurs.builtins.text",
+    "secateurs.builtins.module",
 )
 
 KINDS: dict[str, str] = {
@@ -47,6 +62,18 @@ KINDS: dict[str, str] = {
     "evaluator": "secateurs_register_evaluators",
     "model": "secateurs_register_models",
 }
+
+PROTOCOLS: dict[str, type] = {
+    "adapter": Adapter,
+    "scorer": Scorer,
+    "allocator": Allocator,
+    "applier": Applier,
+    "exporter": Exporter,
+    "calibration": CalibrationSource,
+    "evaluator": Evaluator,
+    "model": PackagedModel,
+}
+"""Kind → what ``Registry.create`` checks the built part is (``isinstance``)."""
 
 T = TypeVar("T")
 
@@ -79,10 +106,12 @@ class Entry:
 
 
 class Registry(Generic[T]):
-    """Named factories of one kind. ``create(name, **params)`` builds one with clear errors."""
+    """Named factories of one kind. ``create(name, **params)`` builds one with clear errors
+    and checks it is a ``protocol`` (the kind's base protocol)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, protocol: type[T]) -> None:
         self.kind = kind
+        self.protocol = protocol
         self._entries: dict[str, Entry] = {}
 
     def add(self, entry: Entry) -> None:
@@ -116,13 +145,24 @@ class Registry(Generic[T]):
             ) from None
 
     def create(self, name: str, **params: Any) -> T:
+        """``factory(**params)`` of ``name``; a ``SecateursError`` names the part on bad
+        parameters, and names the plugin and the missing members when the part built is
+        not a ``protocol``."""
         entry = self.entry(name)
         try:
-            return entry.factory(**params)
+            part = entry.factory(**params)
         except TypeError as exc:
             raise SecateursError(f"bad parameters for {self.kind} {name!r}: {exc}") from exc
         except ValueError as exc:
             raise SecateursError(f"{self.kind} {name!r}: {exc}") from exc
+        if not isinstance(part, self.protocol):
+            missing = missing_members(part, self.protocol)
+            reason = f"it lacks {', '.join(missing)}" if missing else f"it is a {type(part).__name__}"
+            raise SecateursError(
+                f"{self.kind} {name!r} of plugin {entry.plugin.label()} does not satisfy the "
+                f"{self.protocol.__name__} protocol (secateurs.protocols): {reason}"
+            )
+        return part
 
 
 def _version(distribution: str) -> str:
@@ -141,6 +181,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
         self.failures: list[PluginFailure] = []
+        self.unknown_requested: list[str] = []
         self.registered: dict[str, dict[str, list[str]]] = {}
         for module_name in DEFAULT_PLUGINS:
             module = importlib.import_module(module_name)
@@ -158,7 +199,9 @@ class PluginManager:
     def _load_entry_points(self) -> None:
         selected = os.environ.get(LOAD_PLUGINS_ENV)
         wanted = None if selected is None else {s.strip() for s in selected.split(",") if s.strip()}
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        self.unknown_requested = sorted((wanted or set()) - {ep.name for ep in points})
+        for ep in points:
             if wanted is not None and ep.name not in wanted:
                 continue
             dist, version = (ep.dist.name, ep.dist.version) if ep.dist else ("unknown", "unknown")
@@ -168,7 +211,7 @@ class PluginManager:
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin must not break the others
-                self.failures.append(PluginFailure(info, f"import failed: {exc!r}"))
+                self.failures.append(PluginFailure(info, f"import failed: {exc!r}; {_NOT_LOADED}"))
                 continue
             self._add(ep.name, module, info)
 
@@ -185,7 +228,7 @@ class PluginManager:
     def _collect(self) -> None:
         """Ask every plugin what it registers; a plugin whose hook raises or whose names
         clash registers nothing and is recorded in ``failures``."""
-        self.registries = {kind: Registry(kind) for kind in KINDS}
+        self.registries = {kind: Registry(kind, PROTOCOLS[kind]) for kind in KINDS}
         self.registered = {}
         self.failures = [f for f in self.failures if f.error.startswith("import failed")]
         infos = {p.name: p for p in self.plugins}
@@ -204,7 +247,7 @@ class PluginManager:
                 try:
                     impl.function(register=register)
                 except Exception as exc:
-                    self.failures.append(PluginFailure(info, f"{hook_name} failed: {exc!r}"))
+                    self.failures.append(PluginFailure(info, f"{hook_name} failed: {exc!r}; {_NOT_LOADED}"))
                     broken.add(info.name)
                     continue
                 offered[info.name].extend((kind, e) for e in entries)
@@ -213,19 +256,26 @@ class PluginManager:
                 self._accept(info, offered[info.name])
 
     def _accept(self, info: PluginInfo, entries: list[tuple[str, Entry]]) -> None:
-        """Add a plugin's entries all or nothing: a clashing name rolls back the rest."""
-        added: list[tuple[str, str]] = []
-        try:
-            for kind, entry in entries:
+        """Add a plugin's entries; a name already taken is skipped (and recorded), the rest load."""
+        for kind, entry in entries:
+            try:
                 self.registries[kind].add(entry)
-                added.append((kind, entry.name))
-        except SecateursError as exc:
-            for kind, name in added:
-                self.registries[kind].discard(name)
-            self.failures.append(PluginFailure(info, f"{exc}; the later plugin was not loaded"))
-            return
-        for kind, name in added:
-            self.registered.setdefault(info.name, {}).setdefault(kind, []).append(name)
+            except SecateursError as exc:
+                self.failures.append(PluginFailure(info, f"{exc}; that {kind} was skipped, its other parts are loaded"))
+                continue
+            self.registered.setdefault(info.name, {}).setdefault(kind, []).append(entry.name)
+
+    def warnings(self) -> list[str]:
+        """One line per plugin problem: each failure, and each unknown name in ``SECATEURS_LOAD_PLUGINS``."""
+        lines = [f"plugin {f.plugin.label()}: {f.error}" for f in self.failures]
+        if self.unknown_requested:
+            installed = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+            lines += [
+                f"{LOAD_PLUGINS_ENV} names {name!r}, which no installed plugin has "
+                f"(installed: {', '.join(installed) or 'none'})"
+                for name in self.unknown_requested
+            ]
+        return lines
 
     def add_commands(self, cli: Any) -> None:
         """Let plugins add CLI sub-commands; a failing plugin is recorded, not fatal."""
@@ -238,35 +288,35 @@ class PluginManager:
 
     # -- typed access ----------------------------------------------------------------
     @property
-    def adapters(self) -> Registry[Any]:
+    def adapters(self) -> Registry[Adapter]:
         return self.registries["adapter"]
 
     @property
-    def scorers(self) -> Registry[Any]:
+    def scorers(self) -> Registry[Scorer]:
         return self.registries["scorer"]
 
     @property
-    def allocators(self) -> Registry[Any]:
+    def allocators(self) -> Registry[Allocator]:
         return self.registries["allocator"]
 
     @property
-    def appliers(self) -> Registry[Any]:
+    def appliers(self) -> Registry[Applier]:
         return self.registries["applier"]
 
     @property
-    def exporters(self) -> Registry[Any]:
+    def exporters(self) -> Registry[Exporter]:
         return self.registries["exporter"]
 
     @property
-    def calibration_sources(self) -> Registry[Any]:
+    def calibration_sources(self) -> Registry[CalibrationSource]:
         return self.registries["calibration"]
 
     @property
-    def evaluators(self) -> Registry[Any]:
+    def evaluators(self) -> Registry[Evaluator]:
         return self.registries["evaluator"]
 
     @property
-    def models(self) -> Registry[Any]:
+    def models(self) -> Registry[PackagedModel]:
         return self.registries["model"]
 
 

@@ -1,8 +1,12 @@
-"""What a registered plugin object must provide, one protocol per kind.
+"""What a registered plugin object must provide: one base protocol per kind, and one small
+protocol per optional member.
 
 Plugins register *factories* (usually attrs classes): the registry calls
 ``factory(**params)`` with the recipe's parameters for that part, so a bad parameter
-name surfaces as a clear error naming the part and the key.
+name surfaces as a clear error naming the part and the key; the built part must satisfy
+its kind's base protocol (``Adapter``, ``Scorer``...). Optional members are declared by
+the protocols in ``OPTIONAL`` and found with ``isinstance`` (every protocol here is
+runtime-checkable), never by name.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import attrs
 import torch
 from torch import nn
 
-from secateurs.types import Allocation, Block, InputStats, PruneResult, Unit
+from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit
 
 STAT_SQ_NORM = "sq_norm"
 STAT_HESSIAN = "hessian"
@@ -69,7 +73,7 @@ class BlockContext:
     ``granularity`` is ``"unstructured"`` (scores and allocation keyed by unit name) or the
     group kind being pruned (keyed by group name; one score per component).
     ``loaded`` is the model being pruned with its adapter (appliers that change the
-    architecture, such as ``remove``, call the adapter's optional ``resized`` hook).
+    architecture, such as ``remove``, call its ``resized`` when it is a ``ResizingAdapter``).
     """
 
     block: Block
@@ -92,12 +96,9 @@ class Adapter(Protocol):
     calibration batch. ``load(path)`` returns ``None`` when the path is not in a format
     this adapter loads.
 
-    Optional: ``resized(model, block, group, keep)`` is called by the ``remove`` applier
-    after the components of ``group`` not in ``keep`` (bool ``[group.size]``) were
-    physically removed (``secateurs.structured.remove_components``); it updates the
-    architecture attributes the generic removal does not know (head counts) and the
-    model's config, so that the saved model reloads. Adapters without it support only
-    removals that need no such update.
+    Optional members: ``ResizingAdapter`` (``resized``), ``ExplainingAdapter``
+    (``explain``), ``ExplainingLoader`` (``explain_load``), ``StructuredRefusing``
+    (``structured_refusal``) and ``GenericAdapter`` (``generic``).
     """
 
     name: str
@@ -125,11 +126,8 @@ class Scorer(Protocol):
     selection depends on how many entries each row keeps, so the allocator runs first
     and ``ctx.keep`` is set.
 
-    Scorers that support structured pruning also implement
-    ``score_group(group, ctx) -> Tensor[group.size]`` (one score per component).
-    Scorers that need the whole model (relevance, Taylor) may implement
-    ``prepare(loaded, calibration)``: called once by the pipeline before anything is
-    pruned, with the loaded model and the calibration batches (``None`` if none).
+    Optional members: ``StructuredScorer`` (``score_group``), ``PreparingScorer``
+    (``prepare``) and ``Recording`` (``records``).
     """
 
     requires: frozenset[str]
@@ -161,7 +159,7 @@ class Allocator(Protocol):
     ``prepare(session, target)`` runs once before pruning (OWL and ``global`` do a dense
     pass there). ``allocate(block, scores, target)`` returns a ``UnitAllocation`` per unit;
     ``scores`` is ``None`` when the scorer selects (the allocation must then not need
-    scores: ``needs_scores`` false).
+    scores: ``needs_scores`` false). Optional member: ``Recording`` (``records``).
     """
 
     needs_scores: bool
@@ -179,7 +177,7 @@ class Applier(Protocol):
 
     Returns the keep-mask (bool, weight shape) of every unit it pruned. ``requires``: the
     statistics it needs itself (SparseGPT: ``"hessian"``). ``row_ratios``: whether it
-    honours per-row sparsity ratios.
+    honours per-row sparsity ratios. Optional member: ``CheckingApplier`` (``check``).
     """
 
     requires: frozenset[str]
@@ -218,6 +216,112 @@ class Evaluator(Protocol):
     """Measures a model: returns named metrics (``{"perplexity": 12.3}``)."""
 
     def evaluate(self, loaded: LoadedModel) -> dict[str, float]: ...
+
+
+# -- optional members ----------------------------------------------------------------
+
+
+@runtime_checkable
+class ResizingAdapter(Protocol):
+    """An adapter whose removals need architecture updates.
+
+    ``resized(model, block, group, keep)`` is called by the ``remove`` applier after the
+    components of ``group`` not in ``keep`` (bool ``[group.size]``) were physically removed
+    (``secateurs.structured.remove_components``); it updates the architecture attributes
+    the generic removal does not know (head counts) and the model's config, so that the
+    saved model reloads. Adapters without it support only removals that need no such update.
+    """
+
+    def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class ExplainingAdapter(Protocol):
+    """An adapter that says why it declines a model: ``explain(model)`` returns the reason
+    ``supports(model)`` is false, ``None`` when it supports it. Without it, "no adapter
+    supports X" gives a generic reason for this adapter."""
+
+    def explain(self, model: nn.Module) -> str | None: ...
+
+
+@runtime_checkable
+class ExplainingLoader(Protocol):
+    """An adapter that says why it loads nothing from a path: ``explain_load(path)`` returns
+    why ``load(path, ...)`` returned ``None`` (``None``: no particular reason)."""
+
+    def explain_load(self, path: Path) -> str | None: ...
+
+
+@runtime_checkable
+class StructuredRefusing(Protocol):
+    """An adapter that says why a model has no structured groups of a kind:
+    ``structured_refusal(model, kind)`` (``None``: no particular reason)."""
+
+    def structured_refusal(self, model: nn.Module, kind: str) -> str | None: ...
+
+
+@runtime_checkable
+class GenericAdapter(Protocol):
+    """An adapter that supports models no architecture adapter knows (the core's
+    ``module``): when ``generic`` is true it is tried after every other adapter, and a
+    model only it supports is pruned with a warning saying so."""
+
+    generic: bool
+
+
+@runtime_checkable
+class StructuredScorer(Protocol):
+    """A scorer that supports structured pruning: ``score_group(group, ctx)`` returns one
+    score per component (``Tensor[group.size]``, higher = more worth keeping). A
+    structured run with a scorer without it is refused."""
+
+    def score_group(self, group: Group, ctx: ScoreContext) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PreparingScorer(Protocol):
+    """A scorer that needs the whole model (relevance, Taylor): ``prepare(loaded,
+    calibration)`` is called once by the pipeline before anything is pruned, with the
+    loaded model and the calibration batches (``None`` if none)."""
+
+    def prepare(self, loaded: LoadedModel, calibration: list[Any] | None) -> None: ...
+
+
+@runtime_checkable
+class CheckingApplier(Protocol):
+    """An applier that refuses bad input before any work: ``check(blocks, granularity)``
+    raises ``SecateursError`` when it cannot prune ``blocks`` at ``granularity``."""
+
+    def check(self, blocks: Sequence[Block], granularity: str) -> None: ...
+
+
+@runtime_checkable
+class Recording(Protocol):
+    """A scorer or allocator with data for the report: after the run, its ``records``
+    (JSON-serialisable, keyed by the part's own name, e.g. ``{"owl": {...}}``) are merged
+    into ``PruneResult.records`` (the allocator's first, then the scorer's)."""
+
+    records: Mapping[str, Any]
+
+
+OPTIONAL: dict[type, tuple[type, ...]] = {
+    Adapter: (ResizingAdapter, ExplainingAdapter, ExplainingLoader, StructuredRefusing, GenericAdapter),
+    Scorer: (StructuredScorer, PreparingScorer, Recording),
+    Allocator: (Recording,),
+    Applier: (CheckingApplier,),
+}
+"""Base protocol → the protocols of the optional members a part of that kind may implement."""
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The names of the attributes and methods ``protocol`` declares (not inherited ones)."""
+    methods = [n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")]
+    return [*vars(protocol).get("__annotations__", {}), *methods]
+
+
+def missing_members(part: object, protocol: type) -> list[str]:
+    """The members of ``protocol`` that ``part`` lacks (empty when it satisfies it)."""
+    return [n for n in protocol_members(protocol) if not hasattr(part, n)]
 
 
 @attrs.frozen

@@ -25,6 +25,11 @@ A recipe::
     name = "perplexity"
     corpus = "shakespeare-test"
 
+``dtype`` (default ``"auto"``: the model's own dtype, in memory and on disk) may be
+``"float32"``, ``"bfloat16"`` or ``"float16"``; text sources take ``seqlen = "max"`` for the
+model's maximum positions. Paths the run reads are ``Recipe.read_paths()``; outputs stay clear
+of them (``secateurs.outputs.check_output``).
+
 Parts may also be given as a bare name (``scorer = "wanda"``); ``exporters`` is a list of
 names or tables (default ``["safetensors", "report"]``).
 """
@@ -32,14 +37,14 @@ names or tables (default ``["safetensors", "report"]``).
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from secateurs.errors import SecateursError
-from secateurs.pipeline import check_sparsity
+from secateurs.validators import check_sparsity
 from secateurs.protocols import UNSTRUCTURED
 
 
@@ -90,6 +95,8 @@ def _patterns(key: str):
 
 
 def _sparsity(_inst, _attr, value: Any) -> None:
+    if isinstance(value, bool):
+        raise SecateursError(f"recipe key 'sparsity' must be a number in [0, 1) (e.g. 0.5), got {str(value).lower()}")
     try:
         check_sparsity(value)
     except SecateursError as exc:
@@ -100,9 +107,9 @@ def _sparsity(_inst, _attr, value: Any) -> None:
 class Recipe:
     """A validated pruning run. ``Recipe.from_dict`` / ``load_recipe`` build one."""
 
-    model: str
     scorer: Part = attrs.field(converter=lambda v: _part("scorer", v))
     sparsity: float = attrs.field(validator=_sparsity)
+    model: str | None = None  # required unless the model is given in Python (``prune(model=...)``)
     output: str | None = None
     allocator: Part = attrs.field(default=Part("uniform"), converter=lambda v: _part("allocator", v))
     applier: Part = attrs.field(default=Part("zero"), converter=lambda v: _part("applier", v))
@@ -117,7 +124,7 @@ class Recipe:
     reference_model: str | None = None
     adapter: str | None = None
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"  # the model's own dtype in memory and on disk; "float32" upcasts
     seed: int = 0
     max_memory: int | str | dict[str, int | str] | None = None  # offload: budget ("2GiB" or {device = size})
     offload_folder: str | None = None  # offload: where blocks that do not fit go (default: temp dir)
@@ -130,13 +137,31 @@ class Recipe:
             raise SecateursError(
                 f"unknown recipe key {unknown[0]!r}; known keys: {', '.join(sorted(known))}"
             )
-        missing = [k for k in ("model", "scorer", "sparsity") if k not in data]
+        missing = [k for k in ("scorer", "sparsity") if k not in data]
         if missing:
             raise SecateursError(f"recipe is missing required key {missing[0]!r}")
         for key in ("model", "output", "reference_model", "adapter", "device", "dtype", "granularity", "offload_folder"):
             if key in data and data[key] is not None and not isinstance(data[key], str):
                 raise SecateursError(f"recipe key {key!r} must be a string, got {data[key]!r}")
         return cls(**data)
+
+    def read_paths(self) -> list[tuple[str, str]]:
+        """``(key, path)`` for every path the run reads or fills, which an output must stay
+        clear of: ``model``, ``reference_model`` and ``offload_folder``, and every string of a
+        part's parameters that names an existing file or folder (corpus files...)."""
+        found = [("offload_folder", self.offload_folder)] if self.offload_folder else []
+        for key in ("model", "reference_model"):  # a path, a factory "file.py:name", or a packaged name
+            value = getattr(self, key)
+            found += [(key, p) for p in {value, str(value).rpartition(":")[0]} if p and Path(p).expanduser().exists()]
+        for key, value in self.to_dict().items():
+            tables = value if isinstance(value, list) else [value]
+            for table in tables:
+                if not isinstance(table, dict):
+                    continue
+                for param, text in table.items():
+                    if param != "name" and isinstance(text, str) and text and Path(text).expanduser().exists():
+                        found.append((f"{key}.{param}", text))
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -165,6 +190,26 @@ class Recipe:
             else:
                 data[head] = value
         return Recipe.from_dict({k: v for k, v in data.items() if v is not None})
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """``("scorer.comparison=row", "sparsity=0.6")`` → dotted keys with TOML-parsed values
+    (a value that is not TOML stays a string). What ``Recipe.with_overrides`` takes;
+    commands parse their ``--set KEY=VALUE`` options with it."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SecateursError(f"--set takes KEY=VALUE (e.g. scorer.comparison=row), got {pair!r}")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
 
 
 def load_recipe(path: str | Path) -> Recipe:

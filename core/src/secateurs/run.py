@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
+from torch import nn
 
+from secateurs.devices import check_device
 from secateurs.errors import SecateursError
-from secateurs.loading import load
+from secateurs.loading import load, wrap
 from secateurs.offload import dispatch
-from secateurs.outputs import atomic_output_dir, check_output_dir
+from secateurs.outputs import Reads, atomic_output_dir, check_output
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.plugins import PluginManager, Registry, get_manager
 from secateurs.protocols import LoadedModel
@@ -68,6 +70,12 @@ def create_part(registry: Registry[Any], part: Part | None, **defaults: Any) -> 
     return registry.create(part.name, **params)
 
 
+def _calibration(loaded: LoadedModel, source: Any, given: Sequence[Any] | None) -> list[Any] | None:
+    if given is not None:
+        return list(given)
+    return source.batches(loaded) if source else None
+
+
 def _reference(recipe: Recipe, manager: PluginManager) -> Callable[[str], torch.Tensor] | None:
     if recipe.reference_model is None:
         return None
@@ -85,29 +93,47 @@ def _reference(recipe: Recipe, manager: PluginManager) -> Callable[[str], torch.
 def prune(
     recipe: Recipe | Mapping[str, Any] | str | Path,
     *,
+    model: nn.Module | LoadedModel | None = None,
+    calibration: Sequence[Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     manager: PluginManager | None = None,
+    reads: Reads = (),
 ) -> RunOutcome:
     """Run a recipe (object, dict, or TOML path). Writes ``recipe.output`` atomically when set.
 
-    Bad input (sparsity, names, parameters, paths, a non-empty output) fails before the
-    model is loaded, and nothing is written.
+    ``model``: prune this in-memory model (pruned in place) instead of loading
+    ``recipe.model``; a module no architecture adapter knows is pruned by the generic
+    ``module`` adapter (``secateurs.loading.wrap``). ``calibration``: batches for the
+    adapter's ``forward`` (for example input tensors of your own module), instead of the
+    recipe's calibration source.
+
+    Bad input (sparsity, names, parameters, device, an output that would lose data:
+    ``check_output`` against ``recipe.read_paths()``, the recipe file and the further
+    ``reads``) fails before the model is loaded, and nothing is written.
     """
     manager = manager or get_manager()
     if isinstance(recipe, str | Path):
+        reads = [*reads, ("recipe", recipe)]
         recipe = load_recipe(recipe)
     elif not isinstance(recipe, Recipe):
         recipe = Recipe.from_dict(recipe)
+    if model is None and recipe.model is None:
+        raise SecateursError("recipe is missing required key 'model' (or pass model= in Python)")
     parts = _build_parts(recipe, manager, progress)
+    check_device(recipe.device)
+    reads = [*recipe.read_paths(), *reads]
     if recipe.output is not None:
-        check_output_dir(Path(recipe.output).expanduser(), overwrite)
+        check_output(recipe.output, reads=reads, overwrite=overwrite)
 
     started = time.perf_counter()
     offload = recipe.max_memory is not None  # load in RAM, then let accelerate offload what does not fit
-    loaded = load(
-        recipe.model, device="cpu" if offload else recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager
-    )
+    if model is None:
+        loaded = load(
+            recipe.model, device="cpu" if offload else recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager
+        )
+    else:
+        loaded = model if isinstance(model, LoadedModel) else wrap(model, recipe.adapter, manager)
     if offload:
         dispatch(loaded, max_memory=recipe.max_memory, offload_folder=recipe.offload_folder, device=recipe.device)
     load_seconds = time.perf_counter() - started
@@ -120,7 +146,7 @@ def prune(
         granularity=recipe.granularity,
         targets=recipe.targets,
         exclude=recipe.exclude,
-        calibration=parts.calibration.batches(loaded) if parts.calibration else None,
+        calibration=_calibration(loaded, parts.calibration, calibration),
         reference=_reference(recipe, manager),
         seed=recipe.seed,
         progress=progress,
@@ -133,7 +159,7 @@ def prune(
         result.records["evaluation"] = {"before": before, "after": after}
     output = None
     if recipe.output is not None:
-        with atomic_output_dir(recipe.output, overwrite=overwrite) as tmp:
+        with atomic_output_dir(recipe.output, overwrite=overwrite, reads=reads) as tmp:
             for exporter in parts.exporters:
                 exporter.export(loaded, result, tmp)
         output = Path(recipe.output).expanduser().resolve()
@@ -145,11 +171,11 @@ def evaluate(
     evaluator: Part | str = "perplexity",
     *,
     device: str = "cpu",
-    dtype: str = "float32",
+    dtype: str = "auto",
     manager: PluginManager | None = None,
     **params: Any,
 ) -> dict[str, float]:
-    """Load ``model`` and measure it with a registered evaluator."""
+    """Load ``model`` (in its own dtype unless ``dtype`` says) and measure it with a registered evaluator."""
     manager = manager or get_manager()
     part = Part(evaluator, params) if isinstance(evaluator, str) else evaluator
     ev = manager.evaluators.create(part.name, **part.params)

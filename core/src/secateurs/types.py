@@ -24,6 +24,11 @@ class Unit:
     ``role`` is the architecture role the adapter gives it (``q_proj``, ``fc1``, ``conv``...).
     ``name`` is unique within a run; when it is not the module path (units made from
     parameter names, one per tensor), ``module_path`` holds the module path.
+
+    ``transposed``: the parameter is stored ``[in, out]`` (``transformers.pytorch_utils.Conv1D``);
+    ``weight`` is then its transpose, a view, so that every user sees ``[out, in]`` rows and
+    in-place edits of ``weight`` reach the parameter. ``parameter`` is the stored tensor
+    itself; ``orient`` turns a tensor of the parameter's layout into ``weight``'s.
     """
 
     name: str
@@ -31,10 +36,22 @@ class Unit:
     param: str = "weight"
     role: str = ""
     module_path: str | None = None
+    transposed: bool = False
+
+    @property
+    def parameter(self) -> torch.Tensor:
+        """The tensor as the module stores it (``weight`` before orientation)."""
+        return getattr(self.module, self.param)
 
     @property
     def weight(self) -> torch.Tensor:
-        return getattr(self.module, self.param)
+        """The pruned tensor, rows first (``[out, in]``); a view of ``parameter``."""
+        return self.orient(self.parameter)
+
+    def orient(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor``, laid out as ``parameter`` (a state-dict entry of it), in ``weight``'s
+        orientation (a view)."""
+        return tensor.T if self.transposed else tensor
 
     @property
     def qualified_name(self) -> str:
@@ -111,6 +128,10 @@ class Block:
 
     ``module`` is called with the captured inputs of the previous block (its positional
     and keyword arguments, as the model's own forward passed them).
+
+    ``stages``: unit names in data-flow order, one tuple per step of sequential pruning
+    (SparseGPT's ``true_sequential``: a stage's inputs are re-collected after the earlier
+    stages were pruned); units of no stage go first. Empty: one step.
     """
 
     name: str
@@ -118,6 +139,7 @@ class Block:
     module: nn.Module
     units: tuple[Unit, ...]
     groups: tuple[Group, ...] = ()
+    stages: tuple[tuple[str, ...], ...] = ()
 
 
 @attrs.define(eq=False)

@@ -1,8 +1,7 @@
-"""What the three timm adapters share: image batches, loading and saving, block naming."""
+"""What the timm and torchvision adapters share: image batches, loading and saving, block naming."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,16 @@ from secateurs.errors import SecateursError
 from secateurs.protocols import LoadedModel
 from secateurs.types import Block, Group, ParamSlice, Unit
 from secateurs_timm.shapes import sync_attributes
-from secateurs_timm.spec import TimmSpec, infer_spec
-from secateurs_timm.storage import DESCRIPTION, is_saved_model, load_model, save_model
+from secateurs_timm.spec import infer_spec
+from secateurs_timm.storage import (
+    DESCRIPTION,
+    Spec,
+    is_saved_model,
+    load_model,
+    read_description,
+    save_model,
+    spec_from_json,
+)
 
 SPEC_KEY = "timm_spec"
 
@@ -39,10 +46,13 @@ def images_of(batch: Any) -> torch.Tensor:
     return images
 
 
-def spec_of(loaded: LoadedModel) -> TimmSpec:
-    """The model's ``TimmSpec``: the one it was loaded with, or inferred from timm's config."""
+def spec_of(loaded: LoadedModel) -> Spec:
+    """The model's spec: the one it was loaded with, or inferred by its adapter (timm's
+    config for timm models, the module structure for torchvision's)."""
     spec = loaded.extra.get(SPEC_KEY)
-    return spec if isinstance(spec, TimmSpec) else infer_spec(loaded.model)
+    if isinstance(spec, Spec):
+        return spec
+    return getattr(loaded.adapter, "infer_spec", infer_spec)(loaded.model)
 
 
 def unit(names: dict[nn.Module, str], module: nn.Module, role: str) -> Unit:
@@ -76,8 +86,10 @@ def channel_group(names: dict[nn.Module, str], conv: nn.Module, norm: nn.Module 
 
 
 class TimmAdapter:
-    """Base of the timm adapters. Subclasses set ``name``, ``model_class`` and ``families``
-    (timm module names of the architectures they load) and implement ``blocks``."""
+    """Base of the timm and torchvision adapters. Subclasses set ``name``, ``model_class``
+    and ``families`` (module names of the architectures they load: ``timm.models.vgg``,
+    ``torchvision.models.vgg``) and implement ``blocks``; ``infer_spec`` gives the spec a
+    model built elsewhere saves with."""
 
     name: str = ""
     model_class: type[nn.Module] = nn.Module
@@ -94,7 +106,7 @@ class TimmAdapter:
         if not self.supports(model):
             raise SecateursError(
                 f"the {self.name!r} adapter does not support {type(model).__name__}; "
-                f"it handles timm {self.model_class.__name__} models"
+                f"it handles {self.model_class.__module__.split('.')[0]} {self.model_class.__name__} models"
             )
         return {m: n for n, m in model.named_modules()}
 
@@ -123,19 +135,33 @@ class TimmAdapter:
 
     def load(self, path: Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel | None:
         path = Path(path)
-        if not is_saved_model(path) or not self._owns(path):
+        if self.explain_load(path) is not None:
             return None
         model, spec = load_model(path, device=device, dtype=dtype)
         if not self.supports(model):
             return None
         return LoadedModel(model, self, str(path), extra={SPEC_KEY: spec})
 
-    def _owns(self, path: Path) -> bool:
+    def infer_spec(self, model: nn.Module) -> Spec:
+        return infer_spec(model)
+
+    def explain_load(self, path: Path) -> str | None:
+        """Why ``load`` declines ``path`` (``None`` when the folder is a saved model of this
+        adapter's families): not a saved model, a description that does not validate, or
+        another architecture."""
+        if not is_saved_model(path):
+            return f"no {DESCRIPTION} (not a saved secateurs timm/torchvision model)"
         try:
-            name = json.loads((path / DESCRIPTION).read_text())["timm_model"]
-            return timm.models.model_entrypoint(name).__module__ in self.families
-        except (OSError, ValueError, KeyError, RuntimeError):
-            return False
+            description = read_description(path)
+            if "torchvision_model" in description:
+                module = spec_from_json(description).module
+            else:
+                module = timm.models.model_entrypoint(description["timm_model"]).__module__
+        except SecateursError as exc:
+            return str(exc)
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            return f"{DESCRIPTION} names no known architecture ({type(exc).__name__}: {exc})"
+        return None if module in self.families else f"a {module} model, not {' or '.join(self.families)}"
 
     def save(self, loaded: LoadedModel, directory: Path) -> list[Path]:
         return save_model(loaded.model, spec_of(loaded), directory)

@@ -1,31 +1,32 @@
-"""secateurs plugin of the timm adapters: ViT, VGG, ResNet, Fashion-MNIST data and models."""
+"""secateurs plugin of the timm and torchvision adapters (ViT, VGG, ResNet), image data
+(Fashion-MNIST, image folders), accuracy evaluators and the Fashion-MNIST models."""
 
 from __future__ import annotations
 
 from secateurs.hookspecs import hookimpl
 from secateurs.protocols import PackagedModel
-from secateurs_timm.resnet import ResNetAdapter
-from secateurs_timm.vgg import VGGAdapter
+from secateurs_timm.adapters import ADAPTERS
+from secateurs_timm.folder import ImageFolderAccuracy, ImageFolderCalibration
 from secateurs_timm.vision import AccuracyEvaluator, ImageCalibration
-from secateurs_timm.vit import ViTAdapter
 from secateurs_timm.zoo import ZOO, fashion_mnist_model
 
 
 @hookimpl
 def secateurs_register_adapters(register) -> None:
-    register("vit", ViTAdapter)
-    register("vgg", VGGAdapter)
-    register("resnet", ResNetAdapter)
+    for name, adapter in ADAPTERS.items():
+        register(name, adapter)
 
 
 @hookimpl
 def secateurs_register_calibration_sources(register) -> None:
     register("images", ImageCalibration)
+    register("image-folder", ImageFolderCalibration)
 
 
 @hookimpl
 def secateurs_register_evaluators(register) -> None:
     register("accuracy", AccuracyEvaluator)
+    register("image-folder-accuracy", ImageFolderAccuracy)
 
 
 def _packaged(name: str):

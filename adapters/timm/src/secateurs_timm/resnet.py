@@ -1,4 +1,5 @@
-"""timm ``ResNet`` with BasicBlock / Bottleneck: blocks = stem, every residual block, head.
+"""timm ``ResNet`` with BasicBlock / Bottleneck: blocks = stem, every residual block, head
+(the torchvision ResNet adapter subclasses it: the block layouts share their names).
 
 Groups "channels" cover only a residual block's inner channels (BasicBlock: conv1 → bn1
 → conv2 input; Bottleneck: conv1 and conv2 likewise); the residual width is shared by
@@ -19,13 +20,17 @@ def _convs(module: nn.Module) -> list[nn.Conv2d]:
     return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
 
 
+def _bottleneck(block: nn.Module) -> bool:
+    return hasattr(block, "conv3")
+
+
 def _inner_groups(names: dict[nn.Module, str], block: nn.Module) -> tuple[Group, ...]:
     """The free channel groups of a residual block (none when anti-aliasing or grouped
     convolutions mix the inner channels)."""
-    if not isinstance(block.aa, nn.Identity):
+    if not isinstance(getattr(block, "aa", nn.Identity()), nn.Identity):
         return ()
     chain = [(block.conv1, block.bn1, block.conv2)]
-    if isinstance(block, Bottleneck):
+    if _bottleneck(block):
         chain.append((block.conv2, block.bn2, block.conv3))
     return tuple(
         channel_group(names, conv, norm, nxt)
@@ -38,14 +43,15 @@ class ResNetAdapter(TimmAdapter):
     name = "resnet"
     model_class = ResNet
     families = ("timm.models.resnet",)
+    block_types: tuple[type[nn.Module], ...] = (BasicBlock, Bottleneck)
 
     def supports(self, model: nn.Module) -> bool:
-        return isinstance(model, ResNet) and all(
-            isinstance(b, (BasicBlock, Bottleneck)) for b in self._residual(model)
+        return isinstance(model, self.model_class) and all(
+            isinstance(b, self.block_types) for b in self._residual(model)
         )
 
     @staticmethod
-    def _residual(model: ResNet) -> list[nn.Module]:
+    def _residual(model: nn.Module) -> list[nn.Module]:
         return [b for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
 
     def blocks(self, model: nn.Module) -> list[Block]:
@@ -54,7 +60,7 @@ class ResNetAdapter(TimmAdapter):
         out = [Block("stem", 0, self._stem(model), stem_units)]
         for block in self._residual(model):
             units = [unit(names, block.conv1, "conv1"), unit(names, block.conv2, "conv2")]
-            if isinstance(block, Bottleneck):
+            if _bottleneck(block):
                 units.append(unit(names, block.conv3, "conv3"))
             if block.downsample is not None:
                 units += [unit(names, c, "downsample") for c in _convs(block.downsample)]
@@ -66,10 +72,8 @@ class ResNetAdapter(TimmAdapter):
     def sequence(self, model: nn.Module) -> list[nn.Module]:
         return [self._stem(model), *self._residual(model), self._head(model)]
 
-    @staticmethod
-    def _stem(model: ResNet) -> nn.Module:
+    def _stem(self, model: nn.Module) -> nn.Module:
         return view(model, "stem", [model.conv1, model.bn1, model.act1, model.maxpool])
 
-    @staticmethod
-    def _head(model: ResNet) -> nn.Module:
+    def _head(self, model: nn.Module) -> nn.Module:
         return view(model, "head", [model.global_pool, model.fc])

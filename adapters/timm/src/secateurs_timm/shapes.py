@@ -15,17 +15,21 @@ from torch import nn
 
 from secateurs.errors import SecateursError
 from secateurs.structured import resize_tensor, sync_sizes
+from secateurs_timm.mha import ExplicitMultiheadAttention
 
 
 def sync_attributes(model: nn.Module) -> None:
     """Rewrite size attributes of every module from its current tensors (idempotent):
     standard layers (``secateurs.structured.sync_sizes``), then timm's attention head
-    counts, classifier-head widths and model-level feature counts."""
+    counts (and torchvision's explicit attention's), classifier-head widths and model-level
+    feature counts."""
     for module in model.modules():
         sync_sizes(module)
     for module in model.modules():
         if isinstance(module, Attention):
             _sync_attention(module)
+        elif isinstance(module, ExplicitMultiheadAttention):
+            module.sync()
         elif isinstance(module, ClassifierHead) and isinstance(module.fc, nn.Linear):
             module.in_features = module.num_features = module.fc.in_features
     _sync_model(model)
@@ -45,7 +49,7 @@ def _sync_attention(attn: Attention) -> None:
 def _sync_model(model: nn.Module) -> None:
     """Model-level widths timm keeps for reference (VGG ``num_features``, heads)."""
     features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential):
+    if isinstance(features, nn.Sequential) and hasattr(model, "num_features"):
         convs = [m for m in features if isinstance(m, nn.Conv2d)]
         if convs:
             model.num_features = convs[-1].out_channels
@@ -84,3 +88,16 @@ def resize_to(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> None:
 def shapes_of(model: nn.Module) -> dict[str, list[int]]:
     """State-dict key → shape, as recorded in the saved JSON."""
     return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def head_classes(model: nn.Module) -> int:
+    """The class count of the model's head: ``num_classes``, else the last linear's outputs."""
+    classes = getattr(model, "num_classes", None)
+    if isinstance(classes, int) and classes > 0:
+        return classes
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise SecateursError(
+            f"cannot tell how many classes {type(model).__name__} predicts (no num_classes, no linear head)"
+        )
+    return int(linears[-1].out_features)

@@ -29,6 +29,12 @@ def cifar_stem(model: nn.Module) -> None:
 
 
 PATCHES: dict[str, Callable[[nn.Module], None]] = {"cifar_stem": cifar_stem}
+CREATE_KWARGS = frozenset(
+    {"num_classes", "in_chans", "img_size", "patch_size", "depth", "embed_dim", "num_heads", "mlp_ratio", "channels",
+     "global_pool", "drop_rate", "qkv_bias", "class_token", "stem_type"}
+)
+"""The architecture keywords a saved description may pass to ``timm.create_model`` (no file
+paths, checkpoints or pretrained-config overlays)."""
 
 
 @attrs.frozen
@@ -66,6 +72,13 @@ class TimmSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TimmSpec:
+        kwargs = data.get("create_kwargs", {})
+        refused = sorted(set(kwargs) - CREATE_KWARGS) if isinstance(kwargs, dict) else ["(not a table)"]
+        if refused:
+            raise SecateursError(
+                f"timm model description: create_kwargs {', '.join(refused)} not allowed; "
+                f"allowed: {', '.join(sorted(CREATE_KWARGS))}"
+            )
         try:
             return cls(data["timm_model"], dict(data.get("create_kwargs", {})),
                        data.get("patches", ()), data["input_size"])

@@ -1,9 +1,12 @@
-"""Save and load timm models as ``model.safetensors`` + ``secateurs_timm.json``.
+"""Save and load timm and torchvision models as ``model.safetensors`` + ``secateurs_timm.json``.
 
-The JSON records the ``TimmSpec`` (timm name, ``create_model`` kwargs, patches, input
-size) and the shape of every state tensor. Loading creates the model with timm, resizes
-it to the recorded shapes (a physically shrunk model has narrower layers than its name
-says), syncs the module attributes and loads the state strictly.
+The JSON records the spec — a ``TimmSpec`` (``timm_model``: timm name, ``create_model``
+kwargs, patches, input size) or a ``TorchvisionSpec`` (``torchvision_model``: builder name,
+allow-listed kwargs, input size) — and the shape of every state tensor. Loading builds the
+model skeleton with its own library on the meta device (no weight initialisation),
+resizes it to the recorded shapes (a physically shrunk model has narrower layers than its
+name says), syncs the module attributes, allocates it on the target device and loads the
+safetensors state strictly.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from secateurs.errors import SecateursError
 from secateurs.outputs import atomic_file
 from secateurs_timm.shapes import resize_to, shapes_of
 from secateurs_timm.spec import TimmSpec
+from secateurs_timm.tvspec import TorchvisionSpec
+
+Spec = TimmSpec | TorchvisionSpec
 
 WEIGHTS = "model.safetensors"
 DESCRIPTION = "secateurs_timm.json"
@@ -29,7 +35,26 @@ def is_saved_model(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / DESCRIPTION).is_file()
 
 
-def save_model(model: nn.Module, spec: TimmSpec, directory: Path) -> list[Path]:
+def read_description(path: Path) -> dict:
+    """The saved JSON of the model folder ``path``, its format checked."""
+    try:
+        description = json.loads((Path(path) / DESCRIPTION).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SecateursError(f"{path} is not a saved secateurs-timm model: {exc}") from exc
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        found = description.get("format") if isinstance(description, dict) else None
+        raise SecateursError(f"{Path(path) / DESCRIPTION}: unknown format {found!r}; expected {FORMAT!r}")
+    return description
+
+
+def spec_from_json(description: dict) -> Spec:
+    """The spec a description records: torchvision when it names ``torchvision_model``, else timm."""
+    if "torchvision_model" in description:
+        return TorchvisionSpec.from_json(description)
+    return TimmSpec.from_json(description)
+
+
+def save_model(model: nn.Module, spec: Spec, directory: Path) -> list[Path]:
     """Write the weights and description into ``directory`` (each file atomically)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -44,24 +69,23 @@ def save_model(model: nn.Module, spec: TimmSpec, directory: Path) -> list[Path]:
     return [weights, meta]
 
 
-def load_model(path: Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> tuple[nn.Module, TimmSpec]:
+def load_model(path: Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> tuple[nn.Module, Spec]:
     """Rebuild a saved model (eval mode, on ``device``, floating tensors in ``dtype``)."""
     path = Path(path)
-    try:
-        description = json.loads((path / DESCRIPTION).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SecateursError(f"{path} is not a saved secateurs-timm model: {exc}") from exc
-    if description.get("format") != FORMAT:
-        raise SecateursError(f"{path / DESCRIPTION}: unknown format {description.get('format')!r}; expected {FORMAT!r}")
-    spec = TimmSpec.from_json(description)
-    model = spec.create()
-    resize_to(model, description.get("shapes", {}))
+    description = read_description(path)
+    spec = spec_from_json(description)
+    shapes = description.get("shapes", {})
+    with torch.device("meta"):
+        model = spec.create()
+    if any(name not in shapes for name, _ in model.named_buffers()):  # non-persistent buffers need their init
+        model = spec.create()
+    resize_to(model, shapes)
     try:
         state = load_file(str(path / WEIGHTS))
     except (OSError, RuntimeError) as exc:
         raise SecateursError(f"cannot read {path / WEIGHTS}: {exc}") from exc
+    model.to_empty(device=device)
     model.load_state_dict(state, strict=True)
-    model.to(device)
     if dtype is not None:
         model.to(dtype)
     return model.eval(), spec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 
 import attrs
 import torch
@@ -66,7 +67,6 @@ def train(
     return {"train_loss": loss_avg, "train_seconds": time.perf_counter() - start, "train_samples": len(x_all)}
 
 
-@torch.no_grad()
 def accuracy(
     model: nn.Module,
     input_size: tuple[int, int, int],
@@ -76,13 +76,24 @@ def accuracy(
     batch_size: int = 256,
     forward=None,
 ) -> float:
-    """Top-1 accuracy on ``samples`` test images (all 10,000 if None). ``forward(model, x)``
-    defaults to calling the model."""
+    """Top-1 accuracy on ``samples`` Fashion-MNIST test images (all 10,000 if None).
+    ``forward(model, x)`` defaults to calling the model."""
     images, labels = subset("test", samples, seed)
+    batches = (
+        (preprocess(images[lo : lo + batch_size], input_size), labels[lo : lo + batch_size])
+        for lo in range(0, len(images), batch_size)
+    )
+    return top1(model, batches, forward)
+
+
+def top1(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], forward=None) -> float:
+    """The fraction of ``(images, labels)`` samples whose highest logit is the label (no grad)."""
     param = next(model.parameters())
-    correct = 0
-    for lo in range(0, len(images), batch_size):
-        x = preprocess(images[lo : lo + batch_size], input_size).to(param.device, param.dtype)
-        logits = model(x) if forward is None else forward(model, x)
-        correct += int((logits.argmax(-1).cpu() == labels[lo : lo + batch_size]).sum())
-    return correct / len(images)
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in batches:
+            x = images.to(param.device, param.dtype)
+            logits = model(x) if forward is None else forward(model, x)
+            correct += int((logits.argmax(-1).cpu() == labels).sum())
+            total += len(labels)
+    return correct / total

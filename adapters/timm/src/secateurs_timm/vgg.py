@@ -1,6 +1,7 @@
 """timm ``VGG``: one block per conv stage (a conv with the BatchNorm, ReLU and pooling
 after it) and one for the classifier (pre-logits ConvMlp + head). Groups "channels": a
-conv's output channels with its BatchNorm and the next conv's (or linear's) inputs."""
+conv's output channels with its BatchNorm and the next conv's (or linear's) inputs. The
+torchvision VGG adapter subclasses it with its own classifier (``classifier``)."""
 
 from __future__ import annotations
 
@@ -33,11 +34,19 @@ class VGGAdapter(TimmAdapter):
     model_class = VGG
     families = ("timm.models.vgg",)
 
-    @staticmethod
-    def _views(model: VGG) -> tuple[list[list[nn.Module]], list[nn.Module]]:
+    def classifier(self, model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+        """The head block's modules in order, and its prunable layers in data-flow order
+        (each one's outputs feed the next; the first takes the last conv's channels)."""
+        pre = model.pre_logits if isinstance(model.pre_logits, ConvMlp) else None
+        layers = [pre.fc1, pre.fc2] if pre is not None else []
+        if isinstance(model.head.fc, nn.Linear):
+            layers.append(model.head.fc)
+        return ([pre] if pre is not None else []) + [model.head], layers
+
+    def _views(self, model: nn.Module) -> tuple[list[list[nn.Module]], list[nn.Module]]:
         """The stages (module runs) and the block modules: one view per stage, then the head."""
         runs = stages(model.features)
-        head = [model.pre_logits, model.head] if isinstance(model.pre_logits, ConvMlp) else [model.head]
+        head = self.classifier(model)[0]
         views = [view(model, f"stage{i}", run) for i, run in enumerate(runs)] + [view(model, "head", head)]
         return runs, views
 
@@ -48,21 +57,18 @@ class VGGAdapter(TimmAdapter):
         names = self.check(model)
         runs, views = self._views(model)
         convs = [run[0] for run in runs if isinstance(run[0], nn.Conv2d)]
-        pre = model.pre_logits if isinstance(model.pre_logits, ConvMlp) else None
-        classifier = model.head.fc
-        consumer = dict(zip(convs, [*convs[1:], pre.fc1 if pre is not None else classifier], strict=True))
+        layers = self.classifier(model)[1]
+        chain = [*convs, *layers]
+        consumer = dict(zip(chain, chain[1:]))
         out = []
         for index, run in enumerate(runs):
             conv = run[0]
             is_conv = isinstance(conv, nn.Conv2d)
-            groups = (channel_group(names, conv, _norm(run), consumer[conv]),) if is_conv else ()
+            groups = (channel_group(names, conv, _norm(run), consumer[conv]),) if conv in consumer else ()
             units = (unit(names, conv, "conv"),) if is_conv else ()
             out.append(Block(names[conv], index, views[index], units, groups))
-        units, groups = [], []
-        if pre is not None:
-            units += [unit(names, pre.fc1, "fc1"), unit(names, pre.fc2, "fc2")]
-            groups += [channel_group(names, pre.fc1, None, pre.fc2), channel_group(names, pre.fc2, None, classifier)]
-        if isinstance(classifier, nn.Linear):
-            units.append(unit(names, classifier, "classifier"))
-        out.append(Block("head", len(runs), views[-1], tuple(units), tuple(groups)))
+        roles = [f"fc{i + 1}" for i in range(len(layers) - 1)] + ["classifier"]
+        units = tuple(unit(names, layer, role) for layer, role in zip(layers, roles))
+        groups = tuple(channel_group(names, a, None, b) for a, b in zip(layers, layers[1:]))
+        out.append(Block("head", len(runs), views[-1], units, groups))
         return out

@@ -30,6 +30,7 @@ from secateurs_transformers.common import (
     find_layers,
     first_output,
     load_folder,
+    meta_model,
     model_device,
     read_config,
     record_layer_sizes,
@@ -45,6 +46,8 @@ UNITS = {
     "intermediate": "intermediate.dense",
     "output": "output.dense",
 }
+STAGES = (("query", "key", "value"), ("attention_output",), ("intermediate",), ("output",))
+"""True-sequential order of the roles (each stage consumes the previous one's outputs)."""
 MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "data2vec-text"})
 """Config ``model_type``s ``load`` claims (``supports`` checks the layout of any model)."""
 
@@ -110,12 +113,19 @@ class BertAdapter:
 
     name: str = "bert"
 
-    def supports(self, model: nn.Module) -> bool:
+    def explain(self, model: nn.Module) -> str | None:
+        """Why this adapter does not support ``model`` (``None``: it does)."""
         found = find_layers(model)
-        return found is not None and all(
-            _modules(layer) is not None and hasattr(_self_attention(layer), "attention_head_size")
-            for layer in found[0]
-        )
+        if found is None:
+            return f"{type(model).__name__} has no `encoder.layer` list"
+        for i, layer in enumerate(found[0]):
+            if _modules(layer) is None or not hasattr(_self_attention(layer), "attention_head_size"):
+                paths = ", ".join(UNITS.values())
+                return f"layer {found[1]}.{i} lacks a BERT self-attention or one of the nn.Linear {paths}"
+        return None
+
+    def supports(self, model: nn.Module) -> bool:
+        return self.explain(model) is None
 
     def blocks(self, model: nn.Module) -> list[Block]:
         layers, base = find_layers(model)
@@ -123,7 +133,8 @@ class BertAdapter:
         for i, layer in enumerate(layers):
             prefix, modules = f"{base}.{i}", _modules(layer)
             units = tuple(Unit(f"{prefix}.{UNITS[r]}", m, "weight", role=r) for r, m in modules.items())
-            blocks.append(Block(prefix, i, layer, units, _groups(prefix, layer, modules)))
+            stages = tuple(tuple(f"{prefix}.{UNITS[r]}" for r in stage) for stage in STAGES)
+            blocks.append(Block(prefix, i, layer, units, _groups(prefix, layer, modules), stages))
         return blocks
 
     def forward(self, model: nn.Module, batch: Any) -> Any:
@@ -151,6 +162,18 @@ class BertAdapter:
             return None
         loaded = load_folder(self, path, config, auto_class, device=device, dtype=dtype)
         return loaded if self.supports(loaded.model) else None
+
+    def explain_load(self, path: Path) -> str | None:
+        """Why ``load`` declines ``path``."""
+        config = read_config(path)
+        if config is None:
+            return "no readable config.json (not a transformers folder)"
+        if config.get("model_type") not in MODEL_TYPES:
+            return f"model_type {config.get('model_type')!r} is not one of {', '.join(sorted(MODEL_TYPES))}"
+        if _auto_class(config.get("architectures") or []) is None:
+            return f"no Auto class loads architectures {config.get('architectures')}"
+        model = meta_model(path, _auto_class(config["architectures"]))
+        return model if isinstance(model, str) else self.explain(model)
 
     def save(self, loaded: LoadedModel, directory: Path) -> list[Path]:
         return save_folder(loaded, directory)

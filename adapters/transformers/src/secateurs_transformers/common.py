@@ -8,22 +8,72 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
+from secateurs.errors import SecateursError
 from secateurs.protocols import LoadedModel
 from secateurs_transformers import secateurs_resized
 from secateurs_transformers.secateurs_resized import LAYER_SIZES, PREFIX, layers, resized_class, stock_class
 
 
 def read_config(path: Path) -> dict[str, Any] | None:
-    """The folder's ``config.json`` as a dict, or ``None`` when it is not a transformers folder."""
+    """The folder's ``config.json`` as a dict, or ``None`` when it is not a transformers folder.
+    A ``config.json`` that is not a JSON object raises ``SecateursError`` naming it."""
     config = Path(path) / "config.json"
     if not config.is_file():
         return None
     try:
-        return json.loads(config.read_text())
-    except json.JSONDecodeError:
-        return None
+        data = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SecateursError(f"{config} is not valid JSON ({exc}); fix it or copy the model's config.json again") from None
+    if not isinstance(data, dict):
+        raise SecateursError(f"{config} holds a JSON {type(data).__name__}, not an object; copy the model's config.json again")
+    return data
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_folder(path: Path, config: dict[str, Any]) -> None:
+    """Refuse, with one clear line, a folder ``from_pretrained`` would fail on with a traceback:
+    no weights, a ``model_type`` transformers does not know, malformed ``LAYER_SIZES``."""
+    from transformers import CONFIG_MAPPING
+
+    if not any((Path(path) / name).is_file() for name in WEIGHT_FILES):
+        raise SecateursError(
+            f"{path} has a config.json but no weights ({' or '.join(WEIGHT_FILES[::2])}); copy the weights into it"
+        )
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise SecateursError(
+            f"{path}/config.json: model_type {model_type!r} is not an architecture the installed transformers "
+            "knows; fix model_type or upgrade transformers"
+        )
+    sizes = config.get(LAYER_SIZES)
+    if LAYER_SIZES in config and not (
+        isinstance(sizes, list) and sizes
+        and all(isinstance(layer, dict) and layer and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                          for v in layer.values()) for layer in sizes)
+        and len(sizes) == config.get("num_hidden_layers", len(sizes))
+    ):
+        raise SecateursError(
+            f"{path}/config.json: {LAYER_SIZES} must list one {{size name: positive integer}} table per layer "
+            f"({config.get('num_hidden_layers')} layers); fix it or remove the key"
+        )
+
+
+def meta_model(path: Path, auto_class: Any) -> nn.Module | str:
+    """The model ``auto_class`` builds from the folder's config, on the meta device (no
+    weights read, no memory used), or why it cannot be built."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        with torch.device("meta"):
+            return auto_class.from_config(config)
+    except (ValueError, KeyError, OSError) as exc:
+        return f"{auto_class.__name__} cannot build it: {exc}"
 
 
 def find_layers(model: nn.Module) -> tuple[nn.ModuleList, str] | None:
@@ -52,10 +102,17 @@ def load_folder(
     """
     from transformers import CONFIG_MAPPING, AutoTokenizer
 
+    check_folder(path, config)
     model_class = auto_class
     if LAYER_SIZES in config:
         model_class = resized_class(auto_class._model_mapping[CONFIG_MAPPING[config["model_type"]]])
-    model = model_class.from_pretrained(str(path), dtype=dtype or "auto", local_files_only=True)
+    try:
+        model = model_class.from_pretrained(str(path), dtype=dtype or "auto", local_files_only=True)
+    except (SafetensorError, OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise SecateursError(
+            f"cannot load the model at {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+            "the weights may be truncated or corrupt, or not match config.json: copy the model folder again"
+        ) from None
     model.to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -23,16 +23,7 @@ from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
 from secateurs.protocols import SessionHandle
 from secateurs.types import Allocation, Block, UnitAllocation
-
-
-def _positive(_inst, attribute, value) -> None:
-    if not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
-
-
-def _non_negative(_inst, attribute, value) -> None:
-    if not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
+from secateurs.validators import non_negative, positive
 
 
 def outlier_ratio(scores: Mapping[str, torch.Tensor], m: float) -> float:
@@ -67,8 +58,8 @@ class OWLAllocator:
     ``records["owl"]`` holds each block's outlier ratio and sparsity.
     """
 
-    m: float = attrs.field(default=5.0, validator=_positive)
-    lam: float = attrs.field(default=0.08, validator=_non_negative)
+    m: float = attrs.field(default=5.0, validator=positive)
+    lam: float = attrs.field(default=0.08, validator=non_negative)
     needs_scores: ClassVar[bool] = True
     records: dict[str, Any] = attrs.field(factory=dict, init=False)
     _sparsity: dict[str, float] = attrs.field(factory=dict, init=False)

@@ -3,7 +3,7 @@
 
 The same per-component masks as ``zero`` are chosen (``group_masks``); the coupled
 tensors are sliced (``secateurs.structured.remove_components``) and the adapter's
-optional ``resized(model, block, group, keep)`` hook updates architecture attributes and
+optional ``resized(model, block, group, keep)`` (``ResizingAdapter``) updates architecture attributes and
 the model's config. A structured mask applied by ``zero`` and by ``remove`` gives the
 same outputs.
 """
@@ -19,7 +19,7 @@ import torch
 from secateurs.builtins.appliers import group_masks
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
-from secateurs.protocols import UNSTRUCTURED, BlockContext
+from secateurs.protocols import UNSTRUCTURED, BlockContext, ResizingAdapter
 from secateurs.structured import remove_components
 from secateurs.types import Allocation, Block
 
@@ -46,10 +46,9 @@ class RemoveApplier:
         masks = group_masks(block, scores, allocation, ctx.granularity)
         groups = [g for g in block.groups if g.name in masks]
         remove_components((g, masks[g.name]) for g in groups)
-        resized = getattr(ctx.loaded.adapter, "resized", None) if ctx.loaded is not None else None
-        if resized is not None:
+        if ctx.loaded is not None and isinstance(ctx.loaded.adapter, ResizingAdapter):
             for group in groups:
-                resized(ctx.loaded.model, block, group, masks[group.name])
+                ctx.loaded.adapter.resized(ctx.loaded.model, block, group, masks[group.name])
         return masks
 
 

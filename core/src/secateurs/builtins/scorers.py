@@ -59,6 +59,10 @@ class WandaScorer:
     def score(self, unit: Unit, ctx: ScoreContext) -> torch.Tensor:
         w = unit.weight.detach().float()
         scale = ctx.stats.sq_norm.to(w.device).sqrt()
+        groups = getattr(unit.module, "groups", 1) if w.dim() > 2 else 1
+        if groups > 1:  # grouped conv: output channel o sees only the input channels of its group
+            scale = scale.view(groups, 1, -1).expand(-1, w.shape[0] // groups, -1).reshape(w.shape[0], -1)
+            return w.abs() * scale.view(*scale.shape, *[1] * (w.dim() - 2))
         shape = [1, -1] + [1] * (w.dim() - 2)  # input features on dim 1 (Linear and Conv)
         return w.abs() * scale.view(shape)
 

@@ -32,25 +32,7 @@ from secateurs.hookspecs import hookimpl
 from secateurs.masks import nm_mask, parse_nm, pruned_count, rows_topk
 from secateurs.protocols import STAT_HESSIAN, UNSTRUCTURED, BlockContext
 from secateurs.types import Allocation, Block, Unit, UnitAllocation
-
-LLAMA_SEQUENTIAL: tuple[tuple[str, ...], ...] = (
-    ("k_proj", "v_proj", "q_proj"),
-    ("o_proj",),
-    ("up_proj", "gate_proj"),
-    ("down_proj",),
-)
-"""True-sequential order by unit role (the reference's LLaMA order)."""
-
-
-def _positive_int(_inst, attribute, value) -> None:
-    if not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
-
-
-def _damping(_inst, attribute, value) -> None:
-    if not isinstance(value, int | float) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{attribute.name} must be a fraction in (0, 1), got {value!r}")
-
+from secateurs.validators import in_open_unit_interval, positive_int
 
 def _pattern(inst, _attribute, value) -> None:
     if value is None:
@@ -58,10 +40,6 @@ def _pattern(inst, _attribute, value) -> None:
     _, m = parse_nm(value)
     if inst.blocksize % m:
         raise ValueError(f"blocksize {inst.blocksize} must be a multiple of M={m} for pattern {value}")
-
-
-def _order(value) -> tuple[tuple[str, ...], ...]:
-    return tuple(tuple(group) for group in value)
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
@@ -200,17 +178,16 @@ class SparseGPTApplier:
 
     ``pattern``: ``"N:M"`` semi-structured sparsity instead of the allocation's ratios.
     ``blocksize``: columns per lazy-update block (128). ``percdamp``: dampening as a
-    fraction of the mean Hessian diagonal (0.01). ``true_sequential``: prune the groups of
-    ``order`` (unit roles) one after another, re-collecting the inputs of each group with
-    the earlier groups already pruned; units whose role is in no group are pruned first,
-    on the block's dense inputs.
+    fraction of the mean Hessian diagonal (0.01). ``true_sequential``: prune the block's
+    ``stages`` (set by the adapter, in data-flow order) one after another, re-collecting
+    the inputs of each stage with the earlier stages already pruned; units in no stage are
+    pruned first, on the block's dense inputs.
     """
 
-    blocksize: int = attrs.field(default=128, validator=_positive_int)
-    percdamp: float = attrs.field(default=0.01, validator=_damping)
+    blocksize: int = attrs.field(default=128, validator=positive_int)
+    percdamp: float = attrs.field(default=0.01, validator=in_open_unit_interval)
     pattern: str | None = attrs.field(default=None, validator=_pattern)
     true_sequential: bool = False
-    order: tuple[tuple[str, ...], ...] = attrs.field(default=LLAMA_SEQUENTIAL, converter=_order)
     requires: ClassVar[frozenset[str]] = frozenset({STAT_HESSIAN})
 
     @property
@@ -233,13 +210,14 @@ class SparseGPTApplier:
                     )
         ZeroApplier(pattern=self.pattern).check(blocks, granularity)
 
-    def groups(self, units: Sequence[Unit]) -> list[list[Unit]]:
-        """``units`` split into the pruning steps (one step unless ``true_sequential``)."""
+    def groups(self, block: Block, units: Sequence[Unit]) -> list[list[Unit]]:
+        """``units`` (of ``block``) split into the pruning steps: one step unless
+        ``true_sequential``, else the units in no stage, then one step per ``block.stages``."""
         if not self.true_sequential:
             return [list(units)]
-        listed = {role for group in self.order for role in group}
-        steps = [[u for u in units if u.role not in listed]]
-        steps += [[u for u in units if u.role in group] for group in self.order]
+        listed = {name for stage in block.stages for name in stage}
+        steps = [[u for u in units if u.name not in listed]]
+        steps += [[u for u in units if u.name in stage] for stage in block.stages]
         return [step for step in steps if step]
 
     def apply(
@@ -249,7 +227,7 @@ class SparseGPTApplier:
         units = [u for u in block.units if u.name in allocation]
         masks: dict[str, torch.Tensor] = {}
         stats = ctx.stats
-        for step, group in enumerate(self.groups(units)):
+        for step, group in enumerate(self.groups(block, units)):
             if step:
                 stats = ctx.recollect(group)
             for unit in group:

@@ -19,13 +19,31 @@ from secateurs.corpora import corpus_text
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
 from secateurs.protocols import LoadedModel
+from secateurs.validators import optional, positive_int
 
 _CHARS_PER_TOKEN_GUESS = 3
 
 
-def _positive(_inst, attribute, value) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+def _seqlen_field(_inst, attribute, value) -> None:
+    if value != "max" and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{attribute.name} must be a positive number of tokens or \"max\", got {value!r}")
+
+
+def window_length(seqlen: int | str, loaded: LoadedModel, what: str) -> int:
+    """``seqlen`` checked against the model's maximum positions (``config.max_position_embeddings``,
+    when it has one); ``"max"`` is that maximum. Longer windows are refused: past it a model
+    crashes (BERT) or runs beyond its trained range (LLaMA)."""
+    limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    if seqlen == "max":
+        if limit is None:
+            raise SecateursError(f"{what} seqlen = \"max\": {loaded.source} records no maximum positions; give a number")
+        return int(limit)
+    if limit is not None and seqlen > limit:
+        raise SecateursError(
+            f"{what} seqlen {seqlen} exceeds the maximum positions of {loaded.source} ({limit}); "
+            f"use seqlen <= {limit} (or seqlen = \"max\")"
+        )
+    return int(seqlen)
 
 
 def _tokenizer(loaded: LoadedModel):
@@ -44,27 +62,28 @@ class TextCalibration:
     batched ``batch_size`` at a time: a list of ``{"input_ids": LongTensor[b, seqlen]}``."""
 
     corpus: str = "shakespeare-train"
-    nsamples: int = attrs.field(default=128, validator=_positive)
-    seqlen: int = attrs.field(default=2048, validator=_positive)
+    nsamples: int = attrs.field(default=128, validator=positive_int)
+    seqlen: int | str = attrs.field(default=2048, validator=_seqlen_field)
     seed: int = 0
-    batch_size: int = attrs.field(default=1, validator=_positive)
+    batch_size: int = attrs.field(default=1, validator=positive_int)
 
     def batches(self, loaded: LoadedModel) -> list[Any]:
+        seqlen = window_length(self.seqlen, loaded, "calibration")
         tokenizer = _tokenizer(loaded)
         text = corpus_text(self.corpus)
         rng = random.Random(self.seed)
-        span = self.seqlen * _CHARS_PER_TOKEN_GUESS * 2
+        span = seqlen * _CHARS_PER_TOKEN_GUESS * 2
         samples = []
         while len(samples) < self.nsamples:
             if len(text) <= span:
                 raise SecateursError(
-                    f"corpus {self.corpus!r} is too short for {self.seqlen}-token samples; "
+                    f"corpus {self.corpus!r} is too short for {seqlen}-token samples; "
                     "use a longer text or a smaller seqlen"
                 )
             start = rng.randrange(0, len(text) - span)
             ids = _encode(tokenizer, text[start : start + span])
-            if ids.numel() >= self.seqlen:
-                samples.append(ids[: self.seqlen])
+            if ids.numel() >= seqlen:
+                samples.append(ids[:seqlen])
             else:
                 span *= 2
         stacked = torch.stack(samples)
@@ -77,21 +96,22 @@ class Perplexity:
     ``max_windows`` of them when set): ``exp(total NLL / predicted tokens)``."""
 
     corpus: str = "shakespeare-test"
-    seqlen: int = attrs.field(default=2048, validator=_positive)
-    max_windows: int | None = attrs.field(default=None, validator=_positive)
+    seqlen: int | str = attrs.field(default=2048, validator=_seqlen_field)
+    max_windows: int | None = attrs.field(default=None, validator=optional(positive_int))
     progress: bool = True
 
     def windows(self, loaded: LoadedModel) -> torch.Tensor:
+        seqlen = window_length(self.seqlen, loaded, "evaluation")
         text = corpus_text(self.corpus)
         if self.max_windows is not None:  # tokenize only what is needed
-            text = text[: self.max_windows * self.seqlen * _CHARS_PER_TOKEN_GUESS * 3]
+            text = text[: self.max_windows * seqlen * _CHARS_PER_TOKEN_GUESS * 3]
         ids = _encode(_tokenizer(loaded), text)
-        n = ids.numel() // self.seqlen
+        n = ids.numel() // seqlen
         if self.max_windows is not None:
             n = min(n, self.max_windows)
         if n == 0:
-            raise SecateursError(f"corpus {self.corpus!r} has fewer than {self.seqlen} tokens")
-        return ids[: n * self.seqlen].view(n, self.seqlen)
+            raise SecateursError(f"corpus {self.corpus!r} has fewer than {seqlen} tokens")
+        return ids[: n * seqlen].view(n, seqlen)
 
     def evaluate(self, loaded: LoadedModel) -> dict[str, float]:
         model = loaded.model

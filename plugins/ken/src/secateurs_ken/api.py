@@ -10,7 +10,7 @@ from torch import nn
 
 from secateurs.errors import SecateursError
 from secateurs.masks import rows_topk
-from secateurs_ken.parts import KenKAllocator, restore_tensor, solve_k
+from secateurs_ken.parts import KenKAllocator, restore_tensor
 from secateurs_ken.select import ken_select
 from secateurs_ken.states import State, as_rows, check_matching, selected_names, state_of
 
@@ -50,8 +50,9 @@ def ken_state(
         alloc = KenKAllocator(k=k, fraction=fraction, reduction=reduction)
     except ValueError as exc:
         raise SecateursError(str(exc)) from None
-    if reduction is not None:
-        alloc.k = solve_k([tuple(as_rows(finetuned[n]).shape) for n in names], reduction)
+    if not alloc.given():
+        raise SecateursError("give exactly one of k, fraction, reduction (got none)")
+    alloc.solve([tuple(as_rows(finetuned[n]).shape) for n in names])
     gen = torch.Generator().manual_seed(seed)
     restored, masks = {}, {}
     selected = _ken_by_width(finetuned, names, alloc) if method == "ken" else {}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import attrs
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -61,12 +62,38 @@ def _encode(name: str, rows: torch.Tensor, mask: torch.Tensor) -> dict[str, torc
 
 def _decode(name: str, tensors: dict[str, torch.Tensor], rows: int, width: int) -> torch.Tensor:
     if f"{name}::bits" in tensors:
-        return unpack_bits(tensors[f"{name}::bits"], width)
-    counts = tensors[f"{name}::counts"].long()
+        packed = tensors[f"{name}::bits"]
+        expected = (rows, (width + 7) // 8)
+        if packed.dtype != torch.uint8 or tuple(packed.shape) != expected:
+            raise ValueError(f"{name}::bits is {packed.dtype} {tuple(packed.shape)}, expected uint8 {expected}")
+        return unpack_bits(packed, width)
+    counts, cols = tensors[f"{name}::counts"].long(), tensors[f"{name}::cols"].long()
+    in_range = not cols.numel() or 0 <= int(cols.min()) <= int(cols.max()) < width
+    if counts.shape != (rows,) or int(counts.sum()) != cols.numel() or not in_range:
+        raise ValueError(f"{name}::counts / ::cols do not describe a {rows}x{width} mask")
     row_idx = torch.repeat_interleave(torch.arange(rows), counts)
     mask = torch.zeros(rows, width, dtype=torch.bool)
-    mask[row_idx, tensors[f"{name}::cols"].long()] = True
+    mask[row_idx, cols] = True
     return mask
+
+
+_REWRITE = "write it again with save_ken_delta"
+
+
+def _read_manifest(manifest_path: Path) -> dict:
+    """The manifest, checked: a ``SecateursError`` naming the file for bad JSON or keys."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SecateursError(f"KEN delta manifest {manifest_path} is not valid JSON ({exc}); {_REWRITE}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SecateursError(f"{manifest_path} is not a KEN delta manifest ({FORMAT})")
+    kinds = (("base_sha256", str), ("tensors", list), ("base_model", str))
+    wrong = [k for k, kind in kinds if not isinstance(manifest.get(k), kind)]
+    if wrong or not all(isinstance(t, str) for t in manifest["tensors"]):
+        bad = ", ".join(wrong) or "tensors"
+        raise SecateursError(f"KEN delta manifest {manifest_path} lacks or mangles {bad}; {_REWRITE}")
+    return manifest
 
 
 def save_ken_delta(base: nn.Module | State, ken: nn.Module | State, path: str | Path, base_name: str = "") -> list[Path]:
@@ -109,9 +136,7 @@ def load_ken_delta(base: nn.Module | State, path: str | Path) -> nn.Module | dic
     manifest_path = path.with_suffix(".json")
     if not path.is_file() or not manifest_path.is_file():
         raise SecateursError(f"KEN delta {path} (and its manifest {manifest_path.name}) not found")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise SecateursError(f"{manifest_path} is not a KEN delta manifest ({FORMAT})")
+    manifest = _read_manifest(manifest_path)
     base_sd = state_of(base)
     if checksum(base_sd) != manifest["base_sha256"]:
         raise SecateursError(
@@ -119,12 +144,25 @@ def load_ken_delta(base: nn.Module | State, path: str | Path) -> nn.Module | dic
             f"(sha256 {manifest['base_sha256'][:12]}…); the given base model differs. "
             "Load it onto the exact pre-trained model it was made from"
         )
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise SecateursError(f"KEN delta {path} cannot be read ({exc}): truncated or corrupt; copy it again") from None
     out = {name: t.detach().clone() for name, t in base_sd.items()}
     for name in manifest["tensors"]:
+        if name not in out:
+            raise SecateursError(f"KEN delta {path} names tensor {name!r}, which the base model does not have")
         rows = as_rows(out[name])
-        mask = _decode(name, tensors, *rows.shape)
-        rows[mask] = tensors[f"{name}::values"].to(rows.dtype)
+        try:
+            mask = _decode(name, tensors, *rows.shape)
+            values = tensors[f"{name}::values"]
+            if values.numel() != int(mask.sum()):
+                raise ValueError(f"{name}::values holds {values.numel()} values for {int(mask.sum())} positions")
+        except KeyError as exc:
+            raise SecateursError(f"KEN delta {path} lacks tensor {exc.args[0]!r}; {_REWRITE}") from None
+        except ValueError as exc:
+            raise SecateursError(f"KEN delta {path}: {exc}; {_REWRITE}") from None
+        rows[mask] = values.to(rows.dtype)
     if isinstance(base, nn.Module):
         import copy
 

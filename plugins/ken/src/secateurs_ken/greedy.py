@@ -29,7 +29,7 @@ def greedy_take(xs: torch.Tensor, perm: torch.Tensor, grid: torch.Tensor, order:
                 valid: torch.Tensor, compiled: bool = False) -> torch.Tensor:
     """Entries taken by the sequential greedy: grid points in ``order`` each take the nearest
     untaken entry of their row (ties: lower index). ``xs``/``perm`` ``[R, n]``: the rows as
-    :func:`secateurs_ken.matching.sort_rows` returns them; ``grid``/``valid`` ``[R, K]``
+    :func:`secateurs_ken.select.sort_rows` returns them; ``grid``/``valid`` ``[R, K]``
     (``grid`` ascending float64; invalid points take nothing; at most ``n`` valid points per
     row); ``order`` ``[R, K]``: :func:`visiting_order`. Returns a bool mask ``[R, n]`` over
     the rows' original positions. ``compiled``: the CPU kernel instead of batched steps.

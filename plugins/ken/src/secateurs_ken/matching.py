@@ -1,4 +1,5 @@
-"""The input of KEN's greedy, sorted once for both implementations.
+"""The input of KEN's greedy, sorted once (``secateurs_ken.select.sort_rows``) for both
+implementations.
 
 The greedy visits grid points in a given order and gives each the nearest not-yet-taken entry
 of its row (ties: lower entry index). Entries are worked on in sorted order, where "nearest
@@ -41,15 +42,3 @@ class Matching:
         new_value = torch.ones((n_rows, n), dtype=torch.bool, device=self.xs.device)
         new_value[:, 1:] = self.xs[:, 1:] != self.xs[:, :-1]
         return torch.where(new_value, positions, 0).cummax(dim=1).values
-
-
-def sort_rows(rows: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(values, indices)`` of each row sorted ascending, stably; values as float64.
-    ``compiled`` (float32 CPU rows): :func:`secateurs_ken.cpu_kernels.sort_rows_compiled`,
-    the same result faster."""
-    if compiled and rows.device.type == "cpu" and rows.dtype == torch.float32:
-        from secateurs_ken.cpu_kernels import sort_rows_compiled  # numba: imported on first use
-
-        return sort_rows_compiled(rows)
-    xs, perm = torch.sort(rows, dim=1, stable=True)
-    return xs.to(torch.float64), perm

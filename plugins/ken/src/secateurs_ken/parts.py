@@ -76,18 +76,25 @@ def solve_k(widths: Sequence[tuple[int, int]], reduction: float) -> int:
 class KenKAllocator:
     """Keep the same count per row in every unit: ``k`` entries, a ``fraction`` of each
     row, or the one ``k`` that reaches ``reduction`` (fraction of all selected parameters
-    not kept). Rows narrower than ``k`` keep everything. Ignores the recipe's sparsity."""
+    not kept). Rows narrower than ``k`` keep everything.
+
+    The recipe's ``sparsity`` (``target``) and these parameters must agree: with none of
+    them given, ``sparsity`` is the reduction (solved for one ``k`` like ``reduction``);
+    with one given, ``sparsity`` must be 0 (ken-k decides) or equal ``reduction``, and
+    any other value is refused rather than ignored.
+    """
 
     k: int | None = None
     fraction: float | None = None
     reduction: float | None = None
     needs_scores: ClassVar[bool] = False
     records: dict = attrs.field(factory=dict)
+    _solved_k: int | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
-        given = [n for n in ("k", "fraction", "reduction") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of k, fraction, reduction (got {given or 'none'})")
+        given = self.given()
+        if len(given) > 1:
+            raise ValueError(f"give one of k, fraction, reduction, not several (got {', '.join(given)})")
         if self.k is not None and (not isinstance(self.k, int) or self.k <= 0):
             raise ValueError(f"k must be a positive number of entries per row, got {self.k!r}")
         if self.fraction is not None and not 0 < self.fraction <= 1:
@@ -95,19 +102,46 @@ class KenKAllocator:
         if self.reduction is not None and not 0 < self.reduction < 1:
             raise ValueError(f"reduction must be in (0, 1), got {self.reduction!r}")
 
+    def given(self) -> dict[str, float]:
+        """The keep-count parameters set, by name (``k``, ``fraction``, ``reduction``)."""
+        named = {"k": self.k, "fraction": self.fraction, "reduction": self.reduction}
+        return {n: v for n, v in named.items() if v is not None}
+
+    def target_reduction(self, target: float) -> float | None:
+        """The parameter reduction to solve ``k`` for (``None``: ``k`` or ``fraction`` fixes
+        the counts); a ``SecateursError`` when ``target`` contradicts the parameters."""
+        given = self.given()
+        if not given:
+            if not target:
+                raise SecateursError("ken-k needs k, fraction or reduction, or a recipe sparsity > 0 to reach")
+            return target
+        if target and target != self.reduction:
+            ((name, value),) = given.items()
+            raise SecateursError(
+                f"ken-k: the recipe's sparsity {target} contradicts {name} = {value}; set sparsity = 0 "
+                f"(ken-k decides the counts) or drop {name} (ken-k then reaches the sparsity)"
+            )
+        return self.reduction
+
+    def solve(self, widths: Sequence[tuple[int, int]], target: float = 0.0) -> None:
+        """Fix ``k`` from ``widths`` (``(rows, width)`` per selected tensor) when the counts
+        come from a reduction (``target_reduction``); records it as ``ken_k``."""
+        reduction = self.target_reduction(target)
+        if reduction is not None:
+            self._solved_k = solve_k(widths, reduction)
+            self.records["ken_k"] = self._solved_k
+
     def prepare(self, session, target: float) -> None:
-        if self.reduction is not None:
-            widths = [(u.rows, u.row_width) for b in session.blocks for u in b.units]
-            self.k = solve_k(widths, self.reduction)
-            self.records["ken_k"] = self.k
+        self.solve([(u.rows, u.row_width) for b in session.blocks for u in b.units], target)
 
     def keep(self, width: int) -> int:
         """Entries kept per row of this width."""
         if self.fraction is not None:
             return max(1, min(width, round(self.fraction * width)))
-        if self.k is None:
-            raise SecateursError("ken-k with `reduction` must be prepared on the model first")
-        return min(self.k, width)
+        k = self.k if self.k is not None else self._solved_k
+        if k is None:
+            raise SecateursError("ken-k with a reduction must be prepared on the model first")
+        return min(k, width)
 
     def allocate(self, block: Block, scores: Mapping[str, torch.Tensor] | None, target: float) -> Allocation:
         return {u.name: UnitAllocation(sparsity=1 - self.keep(u.row_width) / u.row_width) for u in block.units}

@@ -25,7 +25,6 @@ from secateurs.errors import SecateursError
 
 from secateurs_ken.density import exact_density, grid_points, rounded_density, silverman_bandwidth
 from secateurs_ken.greedy import greedy_take, visiting_order
-from secateurs_ken.matching import sort_rows
 
 Kernels = Literal["auto", "compiled", "torch"]
 
@@ -83,6 +82,18 @@ def ken_select(
         out[start : start + step] = _select_chunk(chunk, keep[start : start + step].to(rows.device), round_density,
                                                   compiled)
     return out
+
+
+def sort_rows(rows: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` of each row sorted ascending, stably; values as float64.
+    ``compiled`` (float32 CPU rows): :func:`secateurs_ken.cpu_kernels.sort_rows_compiled`,
+    the same result faster."""
+    if compiled and rows.device.type == "cpu" and rows.dtype == torch.float32:
+        from secateurs_ken.cpu_kernels import sort_rows_compiled  # numba: imported on first use
+
+        return sort_rows_compiled(rows)
+    xs, perm = torch.sort(rows, dim=1, stable=True)
+    return xs.to(torch.float64), perm
 
 
 def _select_chunk(rows: torch.Tensor, keep: torch.Tensor, round_density: bool, compiled: bool) -> torch.Tensor:

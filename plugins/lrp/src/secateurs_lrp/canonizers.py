@@ -1,20 +1,17 @@
 """Canonizers: temporary, reversible rewrites of a model that leave its outputs unchanged
-but make relevance flow correctly.
+but make relevance flow correctly. What every zoo shares lives here; the zoo-specific
+canonizers (timm, torchvision blocks and attentions) live in ``zoo_timm`` /
+``zoo_torchvision`` and are collected by ``secateurs_lrp.zoos.canonizers_for``.
 
 - ``MergeBatchNorm``: zennit's sequential BatchNorm merge, also zeroing the BatchNorm's
   ``eps`` so the leftover BatchNorm is exactly the identity. zennit 0.5.1 keeps ``eps``
   (the merged model is then off by a factor 1/sqrt(1 + eps)); zennit 1.x records it as
   ``batch_norm_eps`` and zeroes it itself. Both work: ``eps`` is saved before the merge
   and restored after zennit's own removal.
-- ``TimmResNetCanonizer``: timm ``BasicBlock`` / ``Bottleneck`` forward with the residual
-  addition routed through ``zennit.layer.Sum`` (zennit's torchvision canonizer does not
-  match timm blocks, and ``x += shortcut`` duplicates relevance).
-- ``TimmViTCanonizer``: timm ``Block`` residuals split in proportion to the summands
-  (``rules.residual_sum``, zennit's ``Norm`` rule as one autograd function); ``Attention`` made
-  explicit (q·kᵀ and attn·v as bilinear ε-products, softmax with the chosen rule, the
-  attention probabilities passed through an ``lrp_probe`` identity module so heads can be
-  read); every ``LayerNorm`` with its standard deviation treated as a constant (so the
-  ε-rule applies to it as to a linear layer).
+- ``attend``: attention made explicit (q·kᵀ and attn·v as bilinear ε-products, softmax
+  with the chosen rule, the probabilities passed through a probe module so heads can be
+  read); ``layer_norm_forward``: LayerNorm with its standard deviation treated as a
+  constant (so the ε-rule applies to it as to a linear layer).
 
 Every canonizer is a zennit ``Canonizer``: ``apply(model)`` returns instances whose
 ``remove()`` restores the model exactly. ``canonized(model, canonizers)`` is the context
@@ -25,18 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import torch
-from timm.layers import Attention
-from timm.models.resnet import BasicBlock, Bottleneck
-from timm.models.vision_transformer import Block
 from torch import nn
-from zennit.canonizers import AttributeCanonizer, Canonizer, SequentialMergeBatchNorm
-from zennit.layer import Sum
+from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
 
-from secateurs.errors import SecateursError
-from secateurs_lrp.rules import SOFTMAX_MODES, bilinear_matmul, residual_sum, softmax_relevance
+from secateurs_lrp.rules import bilinear_matmul, softmax_relevance
 
 
 class MergeBatchNorm(SequentialMergeBatchNorm):
@@ -53,58 +44,21 @@ class MergeBatchNorm(SequentialMergeBatchNorm):
         self.batch_norm.eps = self._eps
 
 
-def _sum(a: torch.Tensor, b: torch.Tensor, module: Sum) -> torch.Tensor:
-    return module(torch.stack([a, b], dim=-1))
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softmax: str, probe: nn.Module
+) -> torch.Tensor:
+    """``softmax(q kᵀ · scale) v`` for ``[B, H, T, D]`` heads, the probabilities passed
+    through ``probe``. ``softmax="gradient"``: plain autograd; otherwise bilinear ε-rules
+    and the ``softmax`` relevance rule (``"cp"`` gives attn·v's relevance to both factors)."""
+    if softmax == "gradient":
+        return probe(torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)) @ v
+    shares = (1.0, 1.0) if softmax == "cp" else (0.5, 0.5)
+    scores = bilinear_matmul(q, k.transpose(-2, -1), scale=scale)
+    return bilinear_matmul(probe(softmax_relevance(scores, softmax)), v, shares)
 
 
-def _residual_tail(self: nn.Module, x: torch.Tensor, shortcut: torch.Tensor, act: nn.Module) -> torch.Tensor:
-    """timm's block ending (SE, drop path, downsampled shortcut) with the sum through ``Sum``."""
-    if self.se is not None:
-        x = self.se(x)
-    if self.drop_path is not None:
-        x = self.drop_path(x)
-    if self.downsample is not None:
-        shortcut = self.downsample(shortcut)
-    return act(_sum(shortcut, x, self.lrp_sum))
-
-
-def _basic_forward(self: BasicBlock, x: torch.Tensor) -> torch.Tensor:
-    y = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
-    return _residual_tail(self, self.bn2(self.conv2(y)), x, self.act2)
-
-
-def _bottleneck_forward(self: Bottleneck, x: torch.Tensor) -> torch.Tensor:
-    y = self.act1(self.bn1(self.conv1(x)))
-    y = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(y)))))
-    return _residual_tail(self, self.bn3(self.conv3(y)), x, self.act3)
-
-
-class TimmResNetCanonizer(AttributeCanonizer):
-    """Route the residual sum of timm ``BasicBlock`` / ``Bottleneck`` through ``Sum``."""
-
-    def __init__(self) -> None:
-        super().__init__(self._attributes)
-
-    @staticmethod
-    def _attributes(name: str, module: nn.Module) -> dict[str, Any] | None:
-        if isinstance(module, Bottleneck):
-            return {"forward": _bottleneck_forward.__get__(module), "lrp_sum": Sum()}
-        if isinstance(module, BasicBlock):
-            return {"forward": _basic_forward.__get__(module), "lrp_sum": Sum()}
-        return None
-
-    def copy(self) -> TimmResNetCanonizer:
-        return TimmResNetCanonizer()
-
-
-def _block_forward(self: Block, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
-    if attn_mask is not None or is_causal:
-        raise SecateursError("relevance through masked or causal attention is not supported")
-    x = residual_sum(x, self.drop_path1(self.ls1(self.attn(self.norm1(x)))))
-    return residual_sum(x, self.drop_path2(self.ls2(self.mlp(self.norm2(x)))))
-
-
-def _layer_norm_forward(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+def layer_norm_forward(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm with a detached standard deviation (the same outputs)."""
     dims = tuple(range(-len(self.normalized_shape), 0))
     centred = x - x.mean(dims, keepdim=True)
     std = (centred.pow(2).mean(dims, keepdim=True) + self.eps).sqrt().detach()
@@ -116,84 +70,8 @@ def _layer_norm_forward(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _attention_forward(softmax: str):
-    shares = (1.0, 1.0) if softmax == "cp" else (0.5, 0.5)
-
-    def forward(self: Attention, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise SecateursError("relevance through masked or causal attention is not supported")
-        batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if softmax == "gradient":
-            attn = self.lrp_probe(torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1))
-            out = attn @ v
-        else:
-            scores = bilinear_matmul(q, k.transpose(-2, -1), scale=self.scale)
-            attn = self.lrp_probe(softmax_relevance(scores, softmax))
-            out = bilinear_matmul(attn, v, shares)
-        out = self.norm(out.transpose(1, 2).reshape(batch, tokens, self.attn_dim))
-        return self.proj_drop(self.proj(out))
-
-    return forward
-
-
-def check_attention(module: Attention) -> None:
-    """Raise for attention variants the explicit forward does not reproduce."""
-    if getattr(module, "gate", None) is not None:
-        raise SecateursError("gated attention (a sigmoid gate multiplies the heads) has no relevance rule")
-
-
-class TimmViTCanonizer(AttributeCanonizer):
-    """timm ViT: explicit attention with the ``softmax`` rule (``"attnlrp"``, ``"cp"``, or
-    ``"gradient"`` for plain gradients) and an ``lrp_probe`` on the attention
-    probabilities; for relevance only (not ``"gradient"``), proportional residual sums
-    and LayerNorm with a constant std."""
-
-    def __init__(self, softmax: str = "attnlrp") -> None:
-        if softmax not in SOFTMAX_MODES:
-            raise ValueError(f"unknown softmax rule {softmax!r}; valid: {', '.join(SOFTMAX_MODES)}")
-        self.softmax = softmax
-        self._attention = _attention_forward(softmax)
-        super().__init__(self._attributes)
-
-    def _attributes(self, name: str, module: nn.Module) -> dict[str, Any] | None:
-        if type(module) is Attention:
-            check_attention(module)
-            return {"forward": self._attention.__get__(module), "lrp_probe": nn.Identity()}
-        if self.softmax == "gradient":
-            return None
-        if type(module) is Block:
-            return {"forward": _block_forward.__get__(module)}
-        if isinstance(module, nn.LayerNorm):
-            return {"forward": _layer_norm_forward.__get__(module)}
-        return None
-
-    def copy(self) -> TimmViTCanonizer:
-        return TimmViTCanonizer(self.softmax)
-
-
 def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def has_attention(model: nn.Module) -> bool:
-    """Whether ``model`` has timm ``Attention`` (made explicit by ``TimmViTCanonizer``)."""
-    return any(type(m) is Attention for m in model.modules())
-
-
-def canonizers_for(model: nn.Module, softmax: str = "attnlrp", *, relevance: bool = True) -> list[Canonizer]:
-    """The canonizers ``model`` needs: BatchNorm merging and residual ``Sum`` (relevance
-    only), explicit attention for timm ViT blocks (always: heads are read at the softmax)."""
-    out: list[Canonizer] = []
-    if relevance and has_batch_norm(model):
-        out.append(MergeBatchNorm())
-    if relevance and any(isinstance(m, (BasicBlock, Bottleneck)) for m in model.modules()):
-        out.append(TimmResNetCanonizer())
-    if has_attention(model):
-        out.append(TimmViTCanonizer(softmax if relevance else "gradient"))
-    return out
 
 
 @contextmanager

@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from secateurs.cli import parse_overrides
+from secateurs.cli import OVERWRITE_HELP, parse_overrides
 from secateurs.errors import SecateursError
-from secateurs.outputs import atomic_output_dir
+from secateurs.outputs import atomic_output_dir, check_output
 from secateurs.plugins import get_manager
 from secateurs.recipe import Recipe, load_recipe
 from secateurs_lrp.curve import DEFAULT_RATES, curve_parts, parse_rates, plot_curves, pruning_curve
@@ -32,6 +32,14 @@ def _recipe(path: str, sets: tuple[str, ...], model: str | None, device: str | N
     return load_recipe(path).with_overrides(overrides)
 
 
+def _check_output(output: str | None, recipe_path: str, recipe: Recipe, overwrite: bool) -> list[tuple[str, str]]:
+    """The paths the command reads; ``output`` (when given) checked against them before any work."""
+    reads = [*recipe.read_paths(), ("recipe", recipe_path)]
+    if output is not None:
+        check_output(output, reads=reads, overwrite=overwrite)
+    return reads
+
+
 def _rates(text: str | None):
     return DEFAULT_RATES if text is None else parse_rates(text)
 
@@ -45,12 +53,13 @@ def prune_curve_command(cli: click.Group) -> None:
     @click.option("--model", help="Override the recipe's model.")
     @click.option("--device", help="Device (cpu, cuda...).")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key (dotted).")
-    @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
+    @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     def prune_curve(recipe, output, rates, metric, model, device, sets, overwrite, quiet) -> None:
         """Accuracy-vs-pruning-rate curve of RECIPE: prune the dense model at every rate
         (0, 5, ..., 95% of components; the masks nest) and evaluate; table, area, PNG."""
         parsed = _recipe(recipe, sets, model, device)
+        reads = _check_output(output, recipe, parsed, overwrite)
         rate_list = _rates(rates)
         parts = curve_parts(parsed, get_manager())
         bar = tqdm(total=len(rate_list), desc="curve", unit="rate", disable=quiet)
@@ -58,7 +67,7 @@ def prune_curve_command(cli: click.Group) -> None:
         bar.close()
         click.echo(curve.table())
         if output is not None:
-            with atomic_output_dir(output, overwrite=overwrite) as tmp:
+            with atomic_output_dir(output, overwrite=overwrite, reads=reads) as tmp:
                 record = {"recipe": parsed.to_dict(), "curve": curve.to_dict(), "date": time.strftime("%Y-%m-%d")}
                 write_json(tmp / "curve.json", record)
                 plot_curves({parsed.scorer.name: curve}, tmp / "curve.png", f"{Path(str(parsed.model)).name}")
@@ -79,13 +88,14 @@ def lrp_tune_command(cli: click.Group) -> None:
     @click.option("--model", help="Override the recipe's model.")
     @click.option("--device", help="Device (cpu, cuda...).")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key (dotted).")
-    @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
+    @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     def lrp_tune(recipe, trials, seed, sampler, rates, heldout, name, output, model, device, sets, overwrite, quiet):
         """Find the LRP composite (rule per depth group, epsilon, gamma, softmax rule) that
         maximizes the area under RECIPE's accuracy-vs-pruning-rate curve on a held-out
         subset (Bayesian optimisation with optuna); save it so `prune` can use it by name."""
         parsed = _recipe(recipe, sets, model, device)
+        reads = _check_output(output, recipe, parsed, overwrite)
         if parsed.scorer.name != "lrp":
             raise SecateursError(f"lrp-tune tunes the 'lrp' scorer; the recipe's scorer is {parsed.scorer.name!r}")
         if parsed.evaluate is None:
@@ -123,7 +133,7 @@ def lrp_tune_command(cli: click.Group) -> None:
         click.echo(f"best area {result.best_area:.4f}: {json.dumps(result.best.to_dict())}")
         click.echo(f"saved composite {name!r} to {saved} (use: composite = \"{name}\")")
         if output is not None:
-            with atomic_output_dir(output, overwrite=overwrite) as tmp:
+            with atomic_output_dir(output, overwrite=overwrite, reads=reads) as tmp:
                 write_json(tmp / "best.json", {"composite": result.best.to_dict(), "best_area": result.best_area})
                 write_json(tmp / "trials.json", record)
             click.echo(f"wrote best.json and trials.json to {Path(output).resolve()}")

@@ -21,10 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import timm.layers
-import timm.models.resnet
-import timm.models.vgg
-import timm.models.vision_transformer
 import zennit.composites
 import zennit.rules
 import zennit.types
@@ -33,10 +29,10 @@ from zennit.core import Composite, Hook
 from zennit.layer import Sum
 
 from secateurs.errors import SecateursError
-from secateurs_lrp.canonizers import canonizers_for
+from secateurs_lrp.zoos import added_rule_layers, canonizers_for, gathered
 
 GROUPS = ("low", "mid", "high", "fc")
-FC_ROOTS = frozenset({"head", "pre_logits", "fc", "classifier"})
+FC_ROOTS = frozenset({"head", "pre_logits", "fc", "classifier", *gathered("FC_ROOTS")})
 RULES: dict[str, dict[str, float]] = {
     "epsilon": {"epsilon": 1e-6},
     "gamma": {"gamma": 0.25},
@@ -47,7 +43,7 @@ RULES: dict[str, dict[str, float]] = {
 
 _ZENNIT_NEEDS_BOUNDS = {"epsilon_gamma_box"}
 
-PASS_THROUGH: tuple[type, ...] = (timm.layers.LayerScale,)
+PASS_THROUGH: tuple[type, ...] = gathered("PASS_THROUGH")
 """Modules that scale elementwise: relevance passes them unchanged (zennit ``Pass``)."""
 
 
@@ -127,12 +123,18 @@ class CompositeSpec:
     zennit: str | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.zennit is not None and self.zennit not in zennit_composites():
+        if not isinstance(self.zero_bias, bool):
+            raise SecateursError(f"composite zero_bias must be true or false, got {self.zero_bias!r}")
+        if self.zennit is not None and (not isinstance(self.zennit, str) or self.zennit not in zennit_composites()):
             valid = sorted(n for n in zennit_composites() if n[0].isupper())
             raise SecateursError(f"unknown zennit composite {self.zennit!r}; valid: {', '.join(valid)}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompositeSpec:
+        if not isinstance(data, Mapping):
+            raise SecateursError(
+                f"a composite must be a table of depth-group rules (e.g. {{\"low\": \"gamma\"}}), got {data!r:.60}"
+            )
         known = {f.name for f in attrs.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -187,8 +189,14 @@ class _DepthComposite(Composite):
 
 
 def rule_layers(model: nn.Module) -> list[str]:
-    """Names of the conv/linear layers an LRP rule is chosen for, in module order."""
-    return [n for n, m in model.named_modules() if isinstance(m, zennit.types.Linear)]
+    """Names of the conv/linear layers an LRP rule is chosen for, in module order (with
+    the projections the canonizers add to attentions, ``zoos.added_rule_layers``)."""
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, zennit.types.Linear):
+            out.append(name)
+        out += added_rule_layers(name, module)
+    return out
 
 
 def depth_groups(model: nn.Module) -> dict[str, str]:
@@ -201,23 +209,7 @@ def depth_groups(model: nn.Module) -> dict[str, str]:
     return out
 
 
-KNOWN_CONTAINERS: tuple[type, ...] = (
-    nn.Sequential,
-    nn.ModuleList,
-    nn.ModuleDict,
-    timm.models.vision_transformer.VisionTransformer,
-    timm.models.vision_transformer.Block,
-    timm.layers.Attention,
-    timm.layers.Mlp,
-    timm.layers.PatchEmbed,
-    timm.models.resnet.ResNet,
-    timm.models.resnet.BasicBlock,
-    timm.models.resnet.Bottleneck,
-    timm.models.vgg.VGG,
-    timm.models.vgg.ConvMlp,
-    timm.layers.ClassifierHead,
-    timm.layers.SelectAdaptivePool2d,
-)
+KNOWN_CONTAINERS: tuple[type, ...] = (nn.Sequential, nn.ModuleList, nn.ModuleDict, *gathered("CONTAINERS"))
 """Modules whose own forward only chains their children (or is made explicit by a
 canonizer); any other module with children hides operations no rule covers."""
 
@@ -225,8 +217,8 @@ TRANSPARENT: tuple[type, ...] = (
     nn.Identity,
     nn.Dropout,
     nn.Flatten,
-    timm.layers.DropPath,
     *zennit.types.MaxPool.__subclass__,
+    *gathered("TRANSPARENT"),
 )
 """Leaf modules relevance passes through correctly as a plain gradient."""
 
@@ -237,7 +229,7 @@ def unhandled_layers(model: nn.Module, composite: Composite) -> list[str]:
     ctx: dict = {}
     out = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.MultiheadAttention):
+        if isinstance(module, nn.MultiheadAttention) and not hasattr(module, "lrp_probe"):
             out.append(f"{name} ({type(module).__name__})")
             continue
         if any(True for _ in module.children()):

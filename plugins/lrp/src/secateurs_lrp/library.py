@@ -45,11 +45,16 @@ def saved_names() -> list[str]:
 def _read(path: Path) -> CompositeSpec:
     try:
         data = json.loads(path.read_text())
+    except RecursionError:
+        raise SecateursError(f"composite file {path} is nested too deeply to be a composite; write it as in docs") from None
     except (OSError, ValueError) as exc:
         raise SecateursError(f"cannot read composite file {path}: {exc}") from None
     if not isinstance(data, Mapping):
         raise SecateursError(f"composite file {path} must hold a JSON object")
-    return CompositeSpec.from_dict(data.get("composite", data))
+    try:
+        return CompositeSpec.from_dict(data.get("composite", data))
+    except SecateursError as exc:
+        raise SecateursError(f"composite file {path}: {exc}") from None
 
 
 def resolve_composite(value: str | Mapping[str, Any] | CompositeSpec) -> CompositeSpec:

@@ -48,8 +48,9 @@ def reduce_components(t: torch.Tensor) -> torch.Tensor:
 def reference_set(
     batches: Sequence[Any], samples_per_class: int, classes: int, batch_size: int
 ) -> list[Batch]:
-    """The first ``samples_per_class`` samples of every class ``0..classes-1`` found in
-    labelled calibration ``batches`` (``(images, labels)`` pairs), re-batched."""
+    """The first ``samples_per_class`` samples of every class the labelled calibration
+    ``batches`` (``(images, labels)`` pairs) hold among the model's ``classes`` (an image
+    folder of a few classes scores a 1000-class model on those), re-batched."""
     if not batches:
         raise SecateursError("the reference set is empty: give the recipe a labelled [calibration] source (images)")
     labelled = all(
@@ -66,13 +67,16 @@ def reference_set(
     labels = torch.cat([b[1] for b in batches]).long()
     inside = (labels >= 0) & (labels < classes)
     counts = torch.bincount(labels[inside], minlength=classes)
-    short = (counts < samples_per_class).nonzero().flatten()
+    if not inside.any():
+        raise SecateursError(f"no calibration label is a class of the model (0..{classes - 1})")
+    short = ((counts > 0) & (counts < samples_per_class)).nonzero().flatten()
     if len(short):
         c = int(short[0])
         raise SecateursError(
             f"the reference set has {int(counts[c])} samples of class {c} but {samples_per_class} per class "
-            f"were requested ({len(labels)} calibration samples, {classes} classes); raise the calibration "
-            f"source's nsamples or lower the scorer's samples_per_class"
+            f"were requested ({len(labels)} calibration samples of {int((counts > 0).sum())} classes); raise the "
+            f"calibration source's nsamples (or give it more images of that class) or lower the scorer's "
+            f"samples_per_class"
         )
     order = torch.argsort(labels, stable=True)
     sorted_labels = labels[order]
@@ -147,12 +151,17 @@ def collect(
 
 
 def conservation(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, context: Callable[[nn.Module], AbstractContextManager]
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    context: Callable[[nn.Module], AbstractContextManager],
+    entry: nn.Module | None = None,
 ) -> torch.Tensor:
     """Per sample: the relevance reaching the input divided by the output relevance (1
-    per sample, LRP's starting point). For models with ``blocks`` (ViT) the input is the
-    token sequence entering the first block: the class token and position embedding are
-    parameters, so the relevance they keep never reaches the image."""
+    per sample, LRP's starting point). For a transformer the input is the token sequence
+    entering ``entry``, its first block (default: ``model.blocks[0]`` when the model has
+    ``blocks``, as timm's ViT): the class token and position embedding are parameters, so
+    the relevance they keep never reaches the image."""
     x = images.detach().clone().requires_grad_(True)
     store: dict[str, torch.Tensor] = {}
 
@@ -161,7 +170,8 @@ def conservation(
         store["tokens"] = args[0]
 
     blocks = getattr(model, "blocks", None)
-    handle = blocks[0].register_forward_pre_hook(keep) if blocks is not None else None
+    entry = entry if entry is not None else (blocks[0] if blocks is not None else None)
+    handle = entry.register_forward_pre_hook(keep) if entry is not None else None
     try:
         with context(model), torch.enable_grad():
             logits = model(x)

@@ -26,7 +26,8 @@ from torch import nn
 from secateurs.errors import SecateursError
 from secateurs.protocols import LoadedModel, ScoreContext
 from secateurs.types import Group, Unit
-from secateurs_lrp.canonizers import canonized, canonizers_for
+from secateurs_lrp.canonizers import canonized
+from secateurs_lrp.zoos import canonizers_for
 from secateurs_lrp.composites import CompositeSpec, unhandled_layers
 from secateurs_lrp.library import resolve_composite
 from secateurs_lrp.relevance import collect, loss_seed, reference_set
@@ -40,14 +41,19 @@ def _positive(_inst, attribute: attrs.Attribute, value: Any) -> None:
 def probe_resolver(model: nn.Module, groups: Sequence[Group]) -> Callable[[nn.Module], dict[str, nn.Module]]:
     """Group name → the module whose output is read, resolved when called (inside the
     canonizers, which add the attention probes)."""
-    by_qkv = {id(m.qkv): m for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")}
+    by_qkv = {  # fused projection → its attention: timm's ``qkv``, secateurs' explicit torch ``in_proj``
+        id(getattr(m, attr)): m
+        for m in model.modules() if hasattr(m, "num_heads")
+        for attr in ("qkv", "in_proj") if isinstance(getattr(m, attr, None), nn.Module)
+    }
     targets: dict[str, tuple[nn.Module, bool]] = {}
     for group in groups:
         first = group.slices[0]
         if group.kind == "heads":
-            if id(first.module) not in by_qkv:
+            owner = by_qkv.get(id(first.module))
+            if owner is None:
                 raise SecateursError(f"group {group.name!r}: no attention module owns its qkv projection")
-            targets[group.name] = (by_qkv[id(first.module)], True)
+            targets[group.name] = (owner, True)
         elif first.dim == 0:
             targets[group.name] = (first.module, False)
         else:
@@ -57,7 +63,9 @@ def probe_resolver(model: nn.Module, groups: Sequence[Group]) -> Callable[[nn.Mo
         out = {}
         for name, (module, heads) in targets.items():
             if heads and not hasattr(module, "lrp_probe"):
-                raise SecateursError(f"group {name!r}: heads need the explicit-attention canonizer (timm ViT)")
+                raise SecateursError(
+                    f"group {name!r}: heads need an explicit-attention canonizer (timm or torchvision ViT)"
+                )
             out[name] = module.lrp_probe if heads else module
         return out
 
@@ -65,7 +73,11 @@ def probe_resolver(model: nn.Module, groups: Sequence[Group]) -> Callable[[nn.Mo
 
 
 def model_classes(loaded: LoadedModel) -> int:
+    """The class count of the model's head (``num_classes``, else the last linear's outputs)."""
     classes = getattr(loaded.model, "num_classes", None)
+    if classes is None:
+        linears = [m for m in loaded.model.modules() if isinstance(m, nn.Linear)]
+        classes = linears[-1].out_features if linears else None
     if not isinstance(classes, int) or classes <= 0:
         raise SecateursError("cannot tell how many classes the model has; set the scorer's `classes`")
     return classes
@@ -86,16 +98,25 @@ class AttributionScorer:
 
     def prepare(self, loaded: LoadedModel, calibration: Sequence[Any] | None) -> None:
         """Score every group of the model once (see module docstring)."""
+        name = type(self).__name__
+        if loaded.adapter is None:
+            raise SecateursError(
+                f"the {name} scores the structured groups an architecture adapter defines; "
+                f"no adapter knows {type(loaded.model).__name__}, so it cannot run on this model"
+            )
         if not calibration:
             raise SecateursError(
-                f"the {type(self).__name__} needs a labelled reference set: add a [calibration] source "
-                "giving (images, labels) batches (e.g. name = \"images\", nsamples = 300)"
+                f"the {name} needs a labelled reference set: add a [calibration] source giving (images, labels) "
+                "batches (e.g. name = \"image-folder\", root = \"photos/\", or name = \"images\")"
+            )
+        groups = [g for block in loaded.adapter.blocks(loaded.model) for g in block.groups]
+        if not groups:
+            raise SecateursError(
+                f"the {name} scores structured groups, and the {loaded.adapter.name!r} adapter defines none for "
+                f"{type(loaded.model).__name__}; use an architecture adapter (timm or torchvision ViT, VGG, ResNet)"
             )
         classes = self.classes or model_classes(loaded)
         batches = reference_set(calibration, self.samples_per_class, classes, self.batch_size)
-        groups = [g for block in loaded.adapter.blocks(loaded.model) for g in block.groups]
-        if not groups:
-            raise SecateursError(f"the {loaded.adapter.name!r} adapter defines no structured groups for this model")
         start = time.perf_counter()
         self.cache = self.attribute(loaded, batches, probe_resolver(loaded.model, groups))
         self.seconds = time.perf_counter() - start
@@ -143,7 +164,7 @@ class LrpScorer(AttributionScorer):
                 if bad:
                     raise SecateursError(
                         f"the LRP composite cannot handle these layers of the model: {', '.join(bad)}; "
-                        "supported: timm VGG, ResNet (BasicBlock/Bottleneck) and plain ViT blocks"
+                        "supported: timm and torchvision VGG, ResNet (BasicBlock/Bottleneck) and plain ViT blocks"
                     )
                 yield model
 

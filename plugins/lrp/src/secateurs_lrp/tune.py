@@ -18,7 +18,7 @@ import attrs
 import optuna
 
 from secateurs.errors import SecateursError
-from secateurs_lrp.canonizers import has_attention
+from secateurs_lrp.zoos import has_attention
 from secateurs_lrp.composites import GROUPS, RULES, CompositeSpec
 from secateurs_lrp.curve import CurveParts, pruning_curve
 from secateurs_lrp.library import PRESETS

@@ -36,6 +36,7 @@ from secateurs.errors import SecateursError
 from secateurs.pipeline import Session
 from secateurs.protocols import STAT_HESSIAN, UNSTRUCTURED
 from secateurs.types import Allocation, Block, Unit, UnitAllocation
+from secateurs.validators import optional, positive_int
 
 from secateurs_neuroal.batches import search_batches
 from secateurs_neuroal.ratios import (
@@ -71,11 +72,6 @@ def _grid(value: Sequence[float] | None) -> tuple[float, ...] | None:
     return grid
 
 
-def _positive(_inst, attribute, value) -> None:
-    if value is not None and (not isinstance(value, int) or value <= 0):
-        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
-
-
 def _clip(value: Sequence[float]) -> tuple[float, float]:
     lo, hi = (float(v) for v in value)
     if not 0.0 <= lo < hi < 1.0:
@@ -105,12 +101,12 @@ class NeuroALAllocator:
 
     block_grid: tuple[float, ...] | None = attrs.field(default=None, converter=_grid)
     row_grid: tuple[float, ...] = attrs.field(default=ROW_GRID, converter=_grid)
-    search_samples: int = attrs.field(default=8, validator=_positive)
-    search_seqlen: int | None = attrs.field(default=None, validator=_positive)
+    search_samples: int = attrs.field(default=8, validator=positive_int)
+    search_seqlen: int | None = attrs.field(default=None, validator=optional(positive_int))
     row_step: bool | None = None
     consumers: Mapping[str, str] = attrs.field(factory=lambda: dict(LLAMA_CONSUMERS), converter=dict)
     clip: tuple[float, float] = attrs.field(default=(LOW, HIGH), converter=_clip)
-    max_streams: int | None = attrs.field(default=4, validator=_positive)
+    max_streams: int | None = attrs.field(default=4, validator=optional(positive_int))
 
     needs_scores: ClassVar[bool] = False
     records: dict[str, Any] = attrs.field(factory=dict, init=False)
@@ -184,7 +180,7 @@ class NeuroALAllocator:
     def _row_step_applies(self, session: Session) -> tuple[bool, str]:
         applier, scorer = session.spec.applier, session.spec.scorer
         reason = ""
-        if not getattr(applier, "row_ratios", False):
+        if not applier.row_ratios:
             reason = f"the applier {type(applier).__name__} does not honour per-row ratios"
         elif scorer.comparison != "row":
             reason = f"the scorer compares per {scorer.comparison!r}; per-row ratios need comparison = \"row\""

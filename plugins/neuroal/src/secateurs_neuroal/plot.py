@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from secateurs.errors import SecateursError
-from secateurs.outputs import atomic_file
+from secateurs.outputs import PNG_METADATA, atomic_file, check_output
 
 
 def load_records(report: Path) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def plot(record: dict[str, Any], output: Path) -> Path:
     output = Path(output)
     try:
         with atomic_file(output, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
+            fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
     finally:
         plt.close(fig)
     return output
@@ -96,10 +96,12 @@ def register(cli: click.Group) -> None:
     @cli.command("neuroal-plot")
     @click.argument("report", type=click.Path(exists=True, dir_okay=True))
     @click.option("--output", "-o", type=click.Path(dir_okay=False), help="PNG to write (default: next to the report).")
-    def neuroal_plot(report: str, output: str | None) -> None:
+    @click.option("--overwrite", is_flag=True, help="Replace a PNG an earlier secateurs run wrote (never any other file).")
+    def neuroal_plot(report: str, output: str | None, overwrite: bool) -> None:
         """Plot NeuroAL's λ search and sparsities from REPORT (report.json or its directory)."""
         path = Path(report)
         if path.is_dir():
             path = path / "report.json"
-        target = Path(output) if output else path.with_name("neuroal.png")
+        target = check_output(output or path.with_name("neuroal.png"), reads=[("report", path)], overwrite=overwrite,
+                              kind="file")
         click.echo(f"wrote {plot(load_records(path), target)}")
