@@ -35,7 +35,13 @@ def _prototype(name: str) -> torch.nn.Module:
     if width != 1.0:
         groups = [g for b in adapter_for(model).blocks(model) for g in b.groups]
         narrow(model, groups, width)
-    # random non-trivial BatchNorm statistics and affine parameters, so removal is tested for real
+    randomize_batchnorm(model)
+    return model.eval()
+
+
+def randomize_batchnorm(model: torch.nn.Module) -> None:
+    """Random non-trivial BatchNorm statistics and affine parameters, so removal is tested
+    for real."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -43,7 +49,6 @@ def _prototype(name: str) -> torch.nn.Module:
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.normal_(1, 0.2)
                 m.bias.normal_(0, 0.2)
-    return model.eval()
 
 
 def tiny(name: str) -> LoadedModel:

@@ -13,6 +13,7 @@ from secateurs.loading import wrap
 from secateurs.protocols import LoadedModel
 from secateurs_timm.narrow import narrow
 from secateurs_timm.tvspec import TorchvisionSpec
+from timm_models import randomize_batchnorm
 
 VIT = {"image_size": 16, "patch_size": 4, "num_layers": 2, "num_heads": 4, "hidden_dim": 32, "mlp_dim": 64}
 SPECS: dict[str, tuple[TorchvisionSpec, float]] = {
@@ -35,14 +36,10 @@ def _prototype(name: str) -> torch.nn.Module:
     if width != 1.0:
         adapter = wrap(model).adapter
         narrow(model, [g for b in adapter.blocks(model) for g in b.groups], width)
+    randomize_batchnorm(model)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.normal_(1, 0.2)
-                m.bias.normal_(0, 0.2)
-            elif isinstance(m, torch.nn.Linear) and not m.weight.any():  # torchvision's zero-initialised ViT head
+            if isinstance(m, torch.nn.Linear) and not m.weight.any():  # torchvision's zero-initialised ViT head
                 m.weight.normal_(0, 0.2)
     return model.eval()
 

@@ -25,9 +25,9 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
+from zennit.canonizers import AttributeCanonizer, Canonizer, SequentialMergeBatchNorm
 
-from secateurs_lrp.rules import bilinear_matmul, softmax_relevance
+from secateurs_lrp.rules import SOFTMAX_MODES, bilinear_matmul, softmax_relevance
 
 
 class MergeBatchNorm(SequentialMergeBatchNorm):
@@ -85,3 +85,39 @@ def canonized(model: nn.Module, canonizers: Sequence[Canonizer]) -> Iterator[nn.
     finally:
         for instance in reversed(instances):
             instance.remove()
+
+
+class ExplicitViTCanonizer(AttributeCanonizer):
+    """A ViT canonizer of one model zoo: explicit attention with the ``softmax`` rule
+    (``"attnlrp"``, ``"cp"``, or ``"gradient"`` for plain gradients) and an ``lrp_probe`` on
+    the attention probabilities; for relevance only (not ``"gradient"``), the zoo's block
+    forward (proportional residual sums) and LayerNorm with a constant std.
+
+    A zoo's subclass gives ``attention_forward(softmax)`` (the explicit attention forward,
+    a function of the attention module), ``block_forward`` (a function of the block),
+    ``is_block(module)`` and ``attention_attributes(name, module, forward)`` (the attributes
+    to set on an attention module of the zoo, ``None`` for other modules).
+    """
+
+    def __init__(self, softmax: str = "attnlrp") -> None:
+        if softmax not in SOFTMAX_MODES:
+            raise ValueError(f"unknown softmax rule {softmax!r}; valid: {', '.join(SOFTMAX_MODES)}")
+        self.softmax = softmax
+        self._attention = self.attention_forward(softmax)
+        super().__init__(self._attributes)
+
+    def _attributes(self, name: str, module: nn.Module) -> dict | None:
+        attributes = self.attention_attributes(name, module, self._attention)
+        if attributes is not None:
+            return attributes
+        if self.softmax == "gradient":
+            return None
+        if self.is_block(module):
+            return {"forward": self.block_forward.__get__(module)}
+        if isinstance(module, nn.LayerNorm):
+            return {"forward": layer_norm_forward.__get__(module)}
+        return None
+
+    def copy(self) -> ExplicitViTCanonizer:
+        return type(self)(self.softmax)
+

@@ -27,8 +27,8 @@ from zennit.canonizers import AttributeCanonizer, Canonizer
 from zennit.layer import Sum
 
 from secateurs.errors import SecateursError
-from secateurs_lrp.canonizers import attend, layer_norm_forward
-from secateurs_lrp.rules import SOFTMAX_MODES, residual_sum
+from secateurs_lrp.canonizers import ExplicitViTCanonizer, attend
+from secateurs_lrp.rules import residual_sum
 
 ATTENTION: tuple[type, ...] = (Attention,)
 """Attention modules the zoo's canonizer makes explicit (with an ``lrp_probe``)."""
@@ -131,33 +131,20 @@ def check_attention(module: Attention) -> None:
         raise SecateursError("gated attention (a sigmoid gate multiplies the heads) has no relevance rule")
 
 
-class TimmViTCanonizer(AttributeCanonizer):
-    """timm ViT: explicit attention with the ``softmax`` rule (``"attnlrp"``, ``"cp"``, or
-    ``"gradient"`` for plain gradients) and an ``lrp_probe`` on the attention
-    probabilities; for relevance only (not ``"gradient"``), proportional residual sums
-    and LayerNorm with a constant std."""
+class TimmViTCanonizer(ExplicitViTCanonizer):
+    """timm ViT (``ExplicitViTCanonizer``): timm ``Attention`` and ``Block``."""
 
-    def __init__(self, softmax: str = "attnlrp") -> None:
-        if softmax not in SOFTMAX_MODES:
-            raise ValueError(f"unknown softmax rule {softmax!r}; valid: {', '.join(SOFTMAX_MODES)}")
-        self.softmax = softmax
-        self._attention = _attention_forward(softmax)
-        super().__init__(self._attributes)
+    attention_forward = staticmethod(_attention_forward)
+    block_forward = staticmethod(_block_forward)
 
-    def _attributes(self, name: str, module: nn.Module) -> dict[str, Any] | None:
-        if type(module) is Attention:
-            check_attention(module)
-            return {"forward": self._attention.__get__(module), "lrp_probe": nn.Identity()}
-        if self.softmax == "gradient":
+    def is_block(self, module: nn.Module) -> bool:
+        return type(module) is Block
+
+    def attention_attributes(self, name: str, module: nn.Module, forward) -> dict[str, Any] | None:
+        if type(module) is not Attention:
             return None
-        if type(module) is Block:
-            return {"forward": _block_forward.__get__(module)}
-        if isinstance(module, nn.LayerNorm):
-            return {"forward": layer_norm_forward.__get__(module)}
-        return None
-
-    def copy(self) -> TimmViTCanonizer:
-        return TimmViTCanonizer(self.softmax)
+        check_attention(module)
+        return {"forward": forward.__get__(module), "lrp_probe": nn.Identity()}
 
 
 def canonizers(model: nn.Module, softmax: str, relevance: bool) -> list[Canonizer]:

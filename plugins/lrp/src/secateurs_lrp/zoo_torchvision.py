@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models import resnet, vgg, vision_transformer
-from zennit.canonizers import AttributeCanonizer, Canonizer
+from zennit.canonizers import Canonizer
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
 from secateurs.errors import SecateursError
-from secateurs_lrp.canonizers import attend, layer_norm_forward
-from secateurs_lrp.rules import SOFTMAX_MODES, residual_sum
+from secateurs_lrp.canonizers import ExplicitViTCanonizer, attend
+from secateurs_lrp.rules import residual_sum
 
 ATTENTION: tuple[type, ...] = (nn.MultiheadAttention,)
 CONTAINERS: tuple[type, ...] = (
@@ -81,36 +81,25 @@ def _attention_forward(softmax: str):
     return forward
 
 
-class TorchvisionViTCanonizer(AttributeCanonizer):
-    """torchvision ViT: explicit attention with the ``softmax`` rule (``"gradient"``: plain
-    gradients) and an ``lrp_probe`` on the probabilities; for relevance only, proportional
-    residual sums and LayerNorm with a constant std."""
+class TorchvisionViTCanonizer(ExplicitViTCanonizer):
+    """torchvision ViT (``ExplicitViTCanonizer``): ``nn.MultiheadAttention`` (batch first,
+    fused input projection) and ``EncoderBlock``."""
 
-    def __init__(self, softmax: str = "attnlrp") -> None:
-        if softmax not in SOFTMAX_MODES:
-            raise ValueError(f"unknown softmax rule {softmax!r}; valid: {', '.join(SOFTMAX_MODES)}")
-        self.softmax = softmax
-        self._attention = _attention_forward(softmax)
-        super().__init__(self._attributes)
+    attention_forward = staticmethod(_attention_forward)
+    block_forward = staticmethod(_encoder_block_forward)
 
-    def _attributes(self, name: str, module: nn.Module) -> dict[str, Any] | None:
-        if isinstance(module, nn.MultiheadAttention):
-            if not (module.batch_first and module._qkv_same_embed_dim) or module.bias_k is not None:
-                raise SecateursError(f"{name}: relevance needs batch-first attention with a fused input projection")
-            attributes = {"forward": self._attention.__get__(module), "lrp_probe": nn.Identity()}
-            if added_rule_layers(name, module):
-                attributes["lrp_in_proj"] = _in_proj(module)
-            return attributes
-        if self.softmax == "gradient":
+    def is_block(self, module: nn.Module) -> bool:
+        return type(module) is vision_transformer.EncoderBlock
+
+    def attention_attributes(self, name: str, module: nn.Module, forward) -> dict[str, Any] | None:
+        if not isinstance(module, nn.MultiheadAttention):
             return None
-        if type(module) is vision_transformer.EncoderBlock:
-            return {"forward": _encoder_block_forward.__get__(module)}
-        if isinstance(module, nn.LayerNorm):
-            return {"forward": layer_norm_forward.__get__(module)}
-        return None
-
-    def copy(self) -> TorchvisionViTCanonizer:
-        return TorchvisionViTCanonizer(self.softmax)
+        if not (module.batch_first and module._qkv_same_embed_dim) or module.bias_k is not None:
+            raise SecateursError(f"{name}: relevance needs batch-first attention with a fused input projection")
+        attributes = {"forward": forward.__get__(module), "lrp_probe": nn.Identity()}
+        if added_rule_layers(name, module):
+            attributes["lrp_in_proj"] = _in_proj(module)
+        return attributes
 
 
 def canonizers(model: nn.Module, softmax: str, relevance: bool) -> list[Canonizer]:
