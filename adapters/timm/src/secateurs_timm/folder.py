@@ -26,6 +26,7 @@ from torchvision import transforms
 
 from secateurs.errors import SecateursError
 from secateurs.protocols import LoadedModel
+from secateurs.validators import optional, positive_int
 from secateurs_timm.base import spec_of
 from secateurs_timm.shapes import head_classes
 from secateurs_timm.train import top1
@@ -34,11 +35,6 @@ EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP = 0.875
-
-
-def _positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
 
 
 def _triple(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -109,7 +105,7 @@ class ImageFolder:
 class Preprocessing:
     """How images become the model's input (see module docstring)."""
 
-    size: int | None = attrs.field(default=None, validator=_positive)
+    size: int | None = attrs.field(default=None, validator=optional(positive_int))
     mean: tuple[float, ...] | None = attrs.field(default=None, validator=_triple)
     std: tuple[float, ...] | None = attrs.field(default=None, validator=_triple)
 
@@ -195,10 +191,10 @@ class ImageFolderCalibration:
 
     root: str
     labels: str | None = None
-    nsamples: int | None = attrs.field(default=None, validator=_positive)
-    batch_size: int = attrs.field(default=32, validator=_positive)
+    nsamples: int | None = attrs.field(default=None, validator=optional(positive_int))
+    batch_size: int = attrs.field(default=32, validator=positive_int)
     seed: int = 0
-    size: int | None = attrs.field(default=None, validator=_positive)
+    size: int | None = attrs.field(default=None, validator=optional(positive_int))
     mean: tuple[float, ...] | None = attrs.field(default=None, validator=_triple)
     std: tuple[float, ...] | None = attrs.field(default=None, validator=_triple)
 
@@ -215,10 +211,10 @@ class ImageFolderAccuracy:
 
     root: str
     labels: str | None = None
-    samples: int | None = attrs.field(default=None, validator=_positive)
+    samples: int | None = attrs.field(default=None, validator=optional(positive_int))
     seed: int = 0
-    batch_size: int = attrs.field(default=64, validator=_positive)
-    size: int | None = attrs.field(default=None, validator=_positive)
+    batch_size: int = attrs.field(default=64, validator=positive_int)
+    size: int | None = attrs.field(default=None, validator=optional(positive_int))
     mean: tuple[float, ...] | None = attrs.field(default=None, validator=_triple)
     std: tuple[float, ...] | None = attrs.field(default=None, validator=_triple)
 

@@ -9,13 +9,9 @@ import attrs
 from secateurs.errors import SecateursError
 from secateurs.protocols import LoadedModel
 from secateurs_timm.base import spec_of
+from secateurs.validators import optional, positive_int
 from secateurs_timm.data import preprocess, subset
 from secateurs_timm.train import accuracy
-
-
-def _positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
 
 
 @attrs.frozen
@@ -23,8 +19,8 @@ class ImageCalibration:
     """``nsamples`` Fashion-MNIST training images (seeded), in batches of ``batch_size``,
     resized and replicated to the model's input size. Batches are ``(images, labels)``."""
 
-    nsamples: int = attrs.field(default=128, validator=_positive)
-    batch_size: int = attrs.field(default=32, validator=_positive)
+    nsamples: int = attrs.field(default=128, validator=positive_int)
+    batch_size: int = attrs.field(default=32, validator=positive_int)
     seed: int = 0
     split: str = "train"
 
@@ -39,9 +35,9 @@ class AccuracyEvaluator:
     """Top-1 accuracy on ``samples`` Fashion-MNIST test images (all 10,000 when None),
     drawn with ``seed``."""
 
-    samples: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
+    samples: int | None = attrs.field(default=None, validator=optional(positive_int))
     seed: int = 0
-    batch_size: int = attrs.field(default=256, validator=_positive)
+    batch_size: int = attrs.field(default=256, validator=positive_int)
 
     def evaluate(self, loaded: LoadedModel) -> dict[str, float]:
         spec = spec_of(loaded)

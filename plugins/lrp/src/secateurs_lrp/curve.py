@@ -24,7 +24,7 @@ from secateurs.errors import SecateursError
 from secateurs.outputs import atomic_file
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.plugins import PluginManager
-from secateurs.protocols import Evaluator, LoadedModel, ScoreContext
+from secateurs.protocols import Evaluator, LoadedModel, PreparingScorer, ScoreContext
 from secateurs.recipe import Recipe
 from secateurs.types import Group, Unit
 

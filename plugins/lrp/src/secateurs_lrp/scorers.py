@@ -26,16 +26,12 @@ from torch import nn
 from secateurs.errors import SecateursError
 from secateurs.protocols import LoadedModel, ScoreContext
 from secateurs.types import Group, Unit
+from secateurs.validators import positive_int
 from secateurs_lrp.canonizers import canonized
 from secateurs_lrp.zoos import canonizers_for
 from secateurs_lrp.composites import CompositeSpec, unhandled_layers
 from secateurs_lrp.library import resolve_composite
 from secateurs_lrp.relevance import collect, loss_seed, reference_set
-
-
-def _positive(_inst, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
 
 
 def probe_resolver(model: nn.Module, groups: Sequence[Group]) -> Callable[[nn.Module], dict[str, nn.Module]]:
@@ -87,8 +83,8 @@ def model_classes(loaded: LoadedModel) -> int:
 class AttributionScorer:
     """Base of ``lrp`` and ``taylor``: the reference set, the cache, ``score_group``."""
 
-    samples_per_class: int = attrs.field(default=10, validator=_positive)
-    batch_size: int = attrs.field(default=32, validator=_positive)
+    samples_per_class: int = attrs.field(default=10, validator=positive_int)
+    batch_size: int = attrs.field(default=32, validator=positive_int)
     classes: int | None = None
     requires: ClassVar[frozenset[str]] = frozenset()
     comparison: ClassVar[str] = "matrix"
