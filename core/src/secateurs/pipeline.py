@@ -109,7 +109,7 @@ def capture(loaded: LoadedModel, blocks: Sequence[Block], batches: Iterable[Any]
 
 
 class Session:
-    """A pruning session over one model: the handle allocators get in ``prepare``.
+    """A pruning session over one model: the ``SearchSession`` allocators get in ``prepare``.
 
     ``blocks`` in order; ``inputs`` are block 0's captured calibration inputs (empty for
     data-free runs); the ``Inputs`` a block's run returns carry the next block's own
@@ -138,6 +138,23 @@ class Session:
         if self.spec.granularity == UNSTRUCTURED:
             return list(block.units)
         return [g for g in block.groups if g.kind == self.spec.granularity]
+
+    # -- the run's parts, read-only (``SearchSession``) ---------------------------------
+    @property
+    def calibration(self) -> list[Any] | None:
+        return self.spec.calibration
+
+    @property
+    def scorer(self) -> Scorer:
+        return self.spec.scorer
+
+    @property
+    def applier(self) -> Applier:
+        return self.spec.applier
+
+    @property
+    def granularity(self) -> str:
+        return self.spec.granularity
 
     @property
     def data_free(self) -> bool:

@@ -12,6 +12,7 @@ runtime-checkable), never by name.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,6 +20,7 @@ import attrs
 import torch
 from torch import nn
 
+from secateurs.block_inputs import Inputs
 from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit
 
 STAT_SQ_NORM = "sq_norm"
@@ -137,19 +139,75 @@ class Scorer(Protocol):
     def score(self, unit: Unit, ctx: ScoreContext) -> torch.Tensor: ...
 
 
-class SessionHandle(Protocol):
-    """The narrow view of a pruning session an allocator gets in ``prepare``.
+class SearchSession(Protocol):
+    """The pruning session an allocator gets in ``prepare``: everything a searching
+    allocator (OWL, ``global``, NeuroAL) needs, and nothing of the pipeline's internals.
 
-    ``blocks`` in order; ``dense_scores()`` runs one dense calibration pass and yields each
-    block with its scores (inputs are the dense outputs of the previous block; nothing
-    is pruned). Allocators that evaluate candidate allocations use the rest of
-    ``secateurs.pipeline.Session`` (``capture``, ``run``, ``collect``, ``collect_streams``,
-    ``score``, ``prune_block``, ``trial``).
+    Read-only view of the run: ``blocks`` in order, ``calibration`` (the batches, or
+    ``None``), ``scorer``, ``applier``, ``granularity``. ``dense_scores()`` runs one dense
+    calibration pass and yields each block with its scores (nothing is pruned).
+    ``capture(batches)``: block 0's inputs for other batches (each block keeps its own
+    arguments: ``secateurs.block_inputs.Inputs``). ``run`` / ``collect`` /
+    ``collect_streams`` run a block on inputs (returning the next block's inputs and input
+    statistics); ``score`` and ``prune_block`` score, allocate and apply masks with the
+    run's parts; ``trial(block)`` restores the block's weights on exit, so candidates can
+    be tried and undone.
     """
 
     blocks: Sequence[Block]
 
+    @property
+    def calibration(self) -> Sequence[Any] | None: ...
+
+    @property
+    def scorer(self) -> Scorer: ...
+
+    @property
+    def applier(self) -> Applier: ...
+
+    @property
+    def granularity(self) -> str: ...
+
     def dense_scores(self) -> Iterable[tuple[Block, Mapping[str, torch.Tensor]]]: ...
+
+    def capture(self, batches: Iterable[Any]) -> Inputs: ...
+
+    def run(self, block: Block, inputs: Inputs, *, keep_outputs: bool = True) -> Inputs: ...
+
+    def collect(
+        self,
+        block: Block,
+        inputs: Inputs,
+        units: Sequence[Unit] | None = None,
+        *,
+        keep_outputs: bool = False,
+        hessian: bool | None = None,
+    ) -> tuple[dict[str, InputStats], Inputs]: ...
+
+    def collect_streams(
+        self,
+        block: Block,
+        streams: Sequence[Inputs],
+        units: Sequence[Unit] | None = None,
+        *,
+        hessian: bool | None = None,
+        max_streams: int | None = None,
+    ) -> list[dict[str, InputStats]]: ...
+
+    def score(
+        self, block: Block, stats: Mapping[str, InputStats], allocation: Allocation | None = None
+    ) -> dict[str, torch.Tensor]: ...
+
+    def prune_block(
+        self,
+        block: Block,
+        stats: Mapping[str, InputStats],
+        inputs: Inputs,
+        allocation: Allocation | None = None,
+        scores: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], Allocation]: ...
+
+    def trial(self, block: Block) -> AbstractContextManager[None]: ...
 
 
 @runtime_checkable
@@ -164,7 +222,7 @@ class Allocator(Protocol):
 
     needs_scores: bool
 
-    def prepare(self, session: SessionHandle, target: float) -> None: ...
+    def prepare(self, session: SearchSession, target: float) -> None: ...
 
     def allocate(
         self, block: Block, scores: Mapping[str, torch.Tensor] | None, target: float

@@ -11,7 +11,7 @@ import torch
 
 from secateurs.hookspecs import hookimpl
 from secateurs.masks import pruned_count
-from secateurs.protocols import SessionHandle
+from secateurs.protocols import SearchSession
 from secateurs.types import Allocation, Block, UnitAllocation
 
 
@@ -27,7 +27,7 @@ class UniformAllocator:
 
     needs_scores: ClassVar[bool] = False
 
-    def prepare(self, session: SessionHandle, target: float) -> None:
+    def prepare(self, session: SearchSession, target: float) -> None:
         return None
 
     def allocate(self, block: Block, scores: Mapping[str, torch.Tensor] | None, target: float) -> Allocation:
@@ -49,7 +49,7 @@ class GlobalAllocator:
     records: dict[str, Any] = attrs.field(factory=dict, init=False)
     _sparsity: dict[str, float] = attrs.field(factory=dict, init=False)
 
-    def prepare(self, session: SessionHandle, target: float) -> None:
+    def prepare(self, session: SearchSession, target: float) -> None:
         names, flats = [], []
         for _, scores in session.dense_scores():
             for name, s in scores.items():

@@ -21,7 +21,7 @@ import torch
 from secateurs.builtins.allocators import target_names
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
-from secateurs.protocols import SessionHandle
+from secateurs.protocols import SearchSession
 from secateurs.types import Allocation, Block, UnitAllocation
 from secateurs.validators import non_negative, positive
 
@@ -64,7 +64,7 @@ class OWLAllocator:
     records: dict[str, Any] = attrs.field(factory=dict, init=False)
     _sparsity: dict[str, float] = attrs.field(factory=dict, init=False)
 
-    def prepare(self, session: SessionHandle, target: float) -> None:
+    def prepare(self, session: SearchSession, target: float) -> None:
         names, ratios = [], []
         for block, scores in session.dense_scores():
             names.append(block.name)

@@ -33,8 +33,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 from secateurs.errors import SecateursError
-from secateurs.pipeline import Session
-from secateurs.protocols import STAT_HESSIAN, UNSTRUCTURED
+from secateurs.protocols import STAT_HESSIAN, UNSTRUCTURED, SearchSession
 from secateurs.types import Allocation, Block, Unit, UnitAllocation
 from secateurs.validators import optional, positive_int
 
@@ -113,11 +112,11 @@ class NeuroALAllocator:
     _plan: Plan | None = attrs.field(default=None, init=False)
 
     # -- the protocol ------------------------------------------------------------------
-    def prepare(self, session: Session, target: float) -> None:
+    def prepare(self, session: SearchSession, target: float) -> None:
         started = time.perf_counter()
         self._check(session)
         run_rows, skipped = self._row_step_applies(session)
-        batches, taken = search_batches(session.spec.calibration, self.search_samples, self.search_seqlen)
+        batches, taken = search_batches(session.calibration, self.search_samples, self.search_seqlen)
         search = Search(session, session.capture(batches), max_streams=self.max_streams)
 
         n_blocks, lo_hi = len(session.blocks), self.clip
@@ -166,19 +165,19 @@ class NeuroALAllocator:
         return self._plan(block)
 
     # -- what applies --------------------------------------------------------------------
-    def _check(self, session: Session) -> None:
-        if session.spec.granularity != UNSTRUCTURED:
+    def _check(self, session: SearchSession) -> None:
+        if session.granularity != UNSTRUCTURED:
             raise SecateursError(
-                f"neuroal allocates unstructured sparsity; granularity {session.spec.granularity!r} is not supported"
+                f"neuroal allocates unstructured sparsity; granularity {session.granularity!r} is not supported"
             )
-        if not session.spec.calibration:
+        if not session.calibration:
             raise SecateursError(
                 "neuroal measures activations on calibration data, even for data-free scorers; "
                 "add a [calibration] table to the recipe"
             )
 
-    def _row_step_applies(self, session: Session) -> tuple[bool, str]:
-        applier, scorer = session.spec.applier, session.spec.scorer
+    def _row_step_applies(self, session: SearchSession) -> tuple[bool, str]:
+        applier, scorer = session.applier, session.scorer
         reason = ""
         if not applier.row_ratios:
             reason = f"the applier {type(applier).__name__} does not honour per-row ratios"
@@ -245,7 +244,7 @@ class NeuroALAllocator:
         entries = sum(u.weight.numel() for u in block.units)
         return sum(allocation[u.name].sparsity * u.weight.numel() for u in block.units) / entries
 
-    def _row_record(self, session: Session, rows: Mapping[str, torch.Tensor]) -> dict[str, list[float]]:
+    def _row_record(self, session: SearchSession, rows: Mapping[str, torch.Tensor]) -> dict[str, list[float]]:
         """Final per-row sparsity of the units the row step changed."""
         out = {}
         for block in session.blocks:

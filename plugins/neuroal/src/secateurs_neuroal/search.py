@@ -6,11 +6,11 @@ nothing computed from block ``i``'s inputs is shared between candidates unless t
 streams are the same object (block 0, where all start from the search inputs). Per block:
 
 1. dense statistics of every distinct stream in one pass per sample
-   (``Session.collect_streams``: the block's dense weights are read once for all of them);
+   (``SearchSession.collect_streams``: the block's dense weights are read once for all of them);
    block 0's are computed once per search and reused by later ``evaluate`` calls;
 2. base scores once per block for scorers that need no input statistics (magnitude),
    else once per distinct stream;
-3. per candidate, inside ``Session.trial(block)`` (only this block's weights are saved and
+3. per candidate, inside ``SearchSession.trial(block)`` (only this block's weights are saved and
    restored, never the model): prune with the candidate's allocation through the
    pipeline's scorer and applier, then one sparse pass collecting ``sq_norm`` only (no
    Hessian) and the outputs, which become the candidate's next stream.
@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 import torch
 
-from secateurs.pipeline import Inputs, Session
-from secateurs.protocols import STAT_HESSIAN, STAT_SQ_NORM
+from secateurs.block_inputs import Inputs
+from secateurs.protocols import STAT_HESSIAN, STAT_SQ_NORM, SearchSession
 from secateurs.types import Allocation, Block, InputStats
 from secateurs_neuroal.ratios import alignment
 
@@ -67,11 +67,11 @@ class Search:
     the block's activations for that many samples at once).
     """
 
-    def __init__(self, session: Session, inputs: Inputs, *, max_streams: int | None = None) -> None:
+    def __init__(self, session: SearchSession, inputs: Inputs, *, max_streams: int | None = None) -> None:
         self.session, self.inputs, self.max_streams = session, inputs, max_streams
         self._samples = sum(int(h.shape[0]) for h in inputs.hidden)
         self.profile = Profile()
-        scorer = session.spec.scorer
+        scorer = session.scorer
         self._input_free_scores = not scorer.selects and not (set(scorer.requires) & {STAT_SQ_NORM, STAT_HESSIAN})
         self._first: tuple[dict[str, InputStats], Mapping[str, torch.Tensor] | None] | None = None
 
@@ -127,7 +127,7 @@ class Search:
     def _scores(self, block: Block, stats: Mapping[str, InputStats]) -> Mapping[str, torch.Tensor] | None:
         """Scores to share between candidates with these statistics (``None`` for scorers
         that select given keep counts: they score per allocation)."""
-        if self.session.spec.scorer.selects:
+        if self.session.scorer.selects:
             return None
         start = time.perf_counter()
         scores = self.session.score(block, stats)
