@@ -131,7 +131,8 @@ class Block:
 
     ``stages``: unit names in data-flow order, one tuple per step of sequential pruning
     (SparseGPT's ``true_sequential``: a stage's inputs are re-collected after the earlier
-    stages were pruned); units of no stage go first. Empty: one step.
+    stages were pruned); units of no stage go first. Empty: one step. The stages also
+    say which layer consumes which one's outputs (``consumers``).
     """
 
     name: str
@@ -140,6 +141,12 @@ class Block:
     units: tuple[Unit, ...]
     groups: tuple[Group, ...] = ()
     stages: tuple[tuple[str, ...], ...] = ()
+
+    def consumers(self) -> dict[str, str]:
+        """Unit name → the unit that consumes its outputs, from the stages: every unit of a
+        stage feeds the first unit of the next stage (attention inputs → attention output
+        → first MLP input → MLP output); units of the last stage have none in the block."""
+        return {name: later[0] for stage, later in zip(self.stages, self.stages[1:]) if later for name in stage}
 
 
 @attrs.define(eq=False)

@@ -50,18 +50,6 @@ from secateurs_neuroal.ratios import (
 )
 from secateurs_neuroal.search import Outcome, Plan, Search
 
-LLAMA_CONSUMERS: Mapping[str, str] = {
-    "q_proj": "o_proj",
-    "k_proj": "o_proj",
-    "v_proj": "o_proj",
-    "o_proj": "gate_proj",
-    "gate_proj": "down_proj",
-    "up_proj": "down_proj",
-}
-"""Unit role → role of the linear consuming its outputs (``down_proj`` feeds the next
-block's ``q_proj`` input, whose alignment is always 0: uniform rows)."""
-
-
 def _grid(value: Sequence[float] | None) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -93,7 +81,9 @@ class NeuroALAllocator:
     (default: full length). ``row_step``: ``true`` / ``false`` / unset; unset runs it when
     the published method has one: the applier honours per-row ratios and selects by the
     scorer's scores (not SparseGPT-style appliers that choose masks from a Hessian).
-    ``consumers``: role → consuming role (default: LLaMA layout). ``clip``: bounds of
+    ``consumers``: role → consuming role, overriding what the adapter declares (default:
+    ``Block.consumers()``, from the adapter's stages; the last stage's outputs feed the
+    next block, whose alignment is not used: uniform rows). ``clip``: bounds of
     block and row sparsity ([0.01, 0.99]). ``max_streams``: candidate streams per dense
     forward (4: bounds the batch a block sees, attention scores grow with it).
     """
@@ -103,7 +93,7 @@ class NeuroALAllocator:
     search_samples: int = attrs.field(default=8, validator=positive_int)
     search_seqlen: int | None = attrs.field(default=None, validator=optional(positive_int))
     row_step: bool | None = None
-    consumers: Mapping[str, str] = attrs.field(factory=lambda: dict(LLAMA_CONSUMERS), converter=dict)
+    consumers: Mapping[str, str] | None = attrs.field(default=None, converter=attrs.converters.optional(dict))
     clip: tuple[float, float] = attrs.field(default=(LOW, HIGH), converter=_clip)
     max_streams: int | None = attrs.field(default=4, validator=optional(positive_int))
 
@@ -223,12 +213,9 @@ class NeuroALAllocator:
         """Per-row sparsity of every unit with informative consumer alignment (others: uniform)."""
         out: dict[str, torch.Tensor] = {}
         for block in blocks[:-1]:
-            by_role = {u.role: u for u in block.units}
             producers: dict[str, list[Unit]] = {}
-            for unit in block.units:
-                consumer = by_role.get(self.consumers.get(unit.role, ""))
-                if consumer is not None:
-                    producers.setdefault(consumer.name, []).append(unit)
+            for unit, consumer in self._consumers(block):
+                producers.setdefault(consumer.name, []).append(unit)
             for consumer_name, units in producers.items():
                 v = chosen.vectors[consumer_name]
                 if any(u.rows != v.numel() for u in units):  # e.g. GQA: k/v rows ≠ o_proj inputs
@@ -237,6 +224,17 @@ class NeuroALAllocator:
                 if ratios is not None:
                     out.update(dict.fromkeys((u.name for u in units), ratios))
         return out
+
+    def _consumers(self, block: Block) -> list[tuple[Unit, Unit]]:
+        """``(producer, consumer)`` units of ``block``: the recipe's ``consumers`` (by role)
+        when given, else what the adapter declares (``Block.consumers``)."""
+        if self.consumers is not None:
+            by_role = {u.role: u for u in block.units}
+            pairs = [(u, by_role.get(self.consumers.get(u.role, ""))) for u in block.units]
+        else:
+            by_name, links = {u.name: u for u in block.units}, block.consumers()
+            pairs = [(u, by_name.get(links.get(u.name, ""))) for u in block.units]
+        return [(u, c) for u, c in pairs if c is not None]
 
     # -- records -----------------------------------------------------------------------
     def _block_sparsity(self, block: Block) -> float:
