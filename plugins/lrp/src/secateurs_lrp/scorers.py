@@ -28,7 +28,7 @@ from secateurs.protocols import LoadedModel, ScoreContext
 from secateurs.types import Group, Unit
 from secateurs.validators import positive_int
 from secateurs_lrp.canonizers import canonized
-from secateurs_lrp.zoos import canonizers_for
+from secateurs_lrp.zoos import canonizers_for, gathered
 from secateurs_lrp.composites import CompositeSpec, unhandled_layers
 from secateurs_lrp.library import resolve_composite
 from secateurs_lrp.relevance import collect, loss_seed, reference_set
@@ -37,10 +37,11 @@ from secateurs_lrp.relevance import collect, loss_seed, reference_set
 def probe_resolver(model: nn.Module, groups: Sequence[Group]) -> Callable[[nn.Module], dict[str, nn.Module]]:
     """Group name → the module whose output is read, resolved when called (inside the
     canonizers, which add the attention probes)."""
-    by_qkv = {  # fused projection → its attention: timm's ``qkv``, secateurs' explicit torch ``in_proj``
+    attention, projections = gathered("ATTENTION"), gathered("ATTENTION_PROJECTIONS")
+    by_qkv = {  # fused projection (as each zoo declares it) → its attention
         id(getattr(m, attr)): m
-        for m in model.modules() if hasattr(m, "num_heads")
-        for attr in ("qkv", "in_proj") if isinstance(getattr(m, attr, None), nn.Module)
+        for m in model.modules() if isinstance(m, attention)
+        for attr in projections if isinstance(getattr(m, attr, None), nn.Module)
     }
     targets: dict[str, tuple[nn.Module, bool]] = {}
     for group in groups:

@@ -31,6 +31,7 @@ from secateurs_lrp.canonizers import ExplicitViTCanonizer, attend
 from secateurs_lrp.rules import residual_sum
 
 ATTENTION: tuple[type, ...] = (Attention,)
+ATTENTION_PROJECTIONS: tuple[str, ...] = ("qkv",)
 """Attention modules the zoo's canonizer makes explicit (with an ``lrp_probe``)."""
 CONTAINERS: tuple[type, ...] = (
     timm.models.vision_transformer.VisionTransformer,

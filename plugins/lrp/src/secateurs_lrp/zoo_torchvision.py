@@ -28,6 +28,7 @@ from secateurs_lrp.canonizers import ExplicitViTCanonizer, attend
 from secateurs_lrp.rules import residual_sum
 
 ATTENTION: tuple[type, ...] = (nn.MultiheadAttention,)
+ATTENTION_PROJECTIONS: tuple[str, ...] = ("in_proj",)  # secateurs' explicit attention (``mha``)
 CONTAINERS: tuple[type, ...] = (
     vision_transformer.VisionTransformer,
     vision_transformer.Encoder,

@@ -2,7 +2,9 @@
 is installed, and what they declare, gathered.
 
 A zoo module declares ``canonizers(model, softmax, relevance) -> list[Canonizer]`` and the
-tuples ``ATTENTION`` (attention types its canonizer makes explicit), ``CONTAINERS``
+tuples ``ATTENTION`` (attention types its canonizer makes explicit),
+``ATTENTION_PROJECTIONS`` (the attribute of such an attention holding its fused q/k/v
+projection, the layer a ``heads`` group slices), ``CONTAINERS``
 (modules whose forward only chains their children), ``PASS_THROUGH`` (elementwise
 scalings: zennit ``Pass``), ``TRANSPARENT`` (leaves a gradient passes correctly),
 ``FC_ROOTS`` (classifier-head names), and ``added_rule_layers(name, module) -> list[str]``
