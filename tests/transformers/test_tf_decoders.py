@@ -28,7 +28,7 @@ from tf_models import manager, spec
 SEQLEN = 20
 """Longer than the sliding window of the sliding families (8)."""
 NO_HEADS = {"olmo2", "stablelm", "opt", "gpt2", "gpt_neox", "falcon"}
-NO_NEURONS = {"mixtral"}  # transformers 5 fuses its experts into 3-D parameters (not pruned)
+NO_NEURONS = {"mixtral"}  # transformers 5 fuses its experts into 3-D parameters (no neuron groups)
 DECLARED = [(f, k) for f in DECODERS for k in ("heads", "neurons") if f not in (NO_HEADS if k == "heads" else NO_NEURONS)]
 REFUSED = [(f, k) for f in DECODERS for k in ("heads", "neurons") if (f, k) not in DECLARED]
 METHODS = {
@@ -52,15 +52,15 @@ def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def block_linears(lm: LoadedModel) -> list[tuple[str, torch.Tensor]]:
-    """Every ``nn.Linear`` / ``Conv1D`` weight inside the decoder layers (none is a router
-    in these families)."""
+    """Every ``nn.Linear`` / ``Conv1D`` weight and fused 3-D expert parameter inside the
+    decoder layers (none is a router in these families)."""
     layers = {b.module for b in lm.adapter.blocks(lm.model)}
     return [
         (f"{name}.weight", module.weight)
         for layer in layers
         for name, module in layer.named_modules()
         if isinstance(module, nn.Linear | Conv1D)
-    ]
+    ] + [(name, p) for layer in layers for name, p in layer.named_parameters() if p.dim() == 3]
 
 
 def assert_reloads(lm: LoadedModel, directory) -> None:
@@ -113,17 +113,8 @@ def test_true_sequential_stages_follow_the_data_flow(family):
         assert sorted(names) == sorted(u.name for u in block.units)  # every unit in one stage
         last = {n.rpartition(".")[2] for n in block.stages[-1]}
         assert {n.rpartition(".")[2] for n in block.stages[0]} <= ATTENTION_INPUTS
-        assert last <= MLP_OUTPUTS or family in NO_NEURONS
-        assert len(block.stages) == (2 if family in NO_NEURONS else 4)
-
-
-def test_mixtral_experts_are_left_out_and_the_rest_is_pruned():
-    lm = loaded("mixtral")
-    units = {u.qualified_name for b in lm.adapter.blocks(lm.model) for u in b.units}
-    experts = [n for n, p in lm.model.named_parameters() if "experts" in n]
-    assert experts and not units & set(experts)
-    assert not any("gate" in n for n in units)  # the router is no unit either
-    assert len(units) == 4 * lm.model.config.num_hidden_layers
+        assert last <= MLP_OUTPUTS
+        assert len(block.stages) == 4
 
 
 def _inputs_sq_norm(module: nn.Module, model: nn.Module) -> torch.Tensor:

@@ -43,13 +43,20 @@ def _group(group: Group) -> dict[str, Any]:
     }
 
 
+def _storage(tensor: torch.Tensor) -> int:
+    """Identifies the memory a tensor lives in: a unit that views part of a parameter (an
+    expert of a fused 3-D tensor, a transposed ``Conv1D`` weight) counts the parameter as
+    pruned, not again as "other" (tensors without storage, such as meta: by identity)."""
+    return tensor.untyped_storage().data_ptr() or id(tensor)
+
+
 def _block(block: Block, pruned: set[int]) -> dict[str, Any]:
     return {
         "name": block.name,
         "index": block.index,
         "units": [_unit(u) for u in block.units],
         "groups": [_group(g) for g in block.groups],
-        "other_params": sum(p.numel() for p in block.module.parameters() if id(p) not in pruned),
+        "other_params": sum(p.numel() for p in block.module.parameters() if _storage(p) not in pruned),
     }
 
 
@@ -57,11 +64,11 @@ def describe(loaded: LoadedModel) -> dict[str, Any]:
     """Plain-data description of ``loaded`` as its adapter sees it (see module docstring)."""
     model = loaded.model
     blocks = loaded.adapter.blocks(model)
-    pruned = {id(u.parameter) for b in blocks for u in b.units}
-    in_blocks = {id(p) for b in blocks for p in b.module.parameters()} | pruned
+    pruned = {_storage(u.parameter) for b in blocks for u in b.units}
+    in_blocks = {_storage(p) for b in blocks for p in b.module.parameters()} | pruned
     outside: dict[str, int] = {}
     for name, p in model.named_parameters():
-        if id(p) not in in_blocks:
+        if _storage(p) not in in_blocks:
             owner = name.rpartition(".")[0] or name
             outside[owner] = outside.get(owner, 0) + p.numel()
     described = [_block(b, pruned) for b in blocks]

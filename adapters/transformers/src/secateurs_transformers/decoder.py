@@ -11,11 +11,21 @@ its unit is ``transposed``, so it is pruned along its real input dimension. Neve
 embeddings, norms, the final norm, ``lm_head``, MoE routers (the linears directly inside
 a module that holds ``experts``).
 
-Mixture-of-experts: transformers 5 stores the experts of Mixtral, Qwen-MoE and others
-as fused 3-D parameters (``experts.gate_up_proj [experts, 2 * inter, hidden]``), called
-inside one module's forward, so the inputs each expert sees cannot be observed: those
-experts are **not pruned** (``secateurs inspect`` lists them under "not pruned"); the
-attention, any shared expert and any expert stored as ``nn.Linear`` are.
+Mixture-of-experts: transformers 5 stores the experts of Mixtral and others as fused 3-D
+parameters (``experts.gate_up_proj [experts, 2 * inter, hidden]``, ``experts.down_proj
+[experts, hidden, inter]``) called inside one forward. When the eager forward of such an
+``experts`` module is ``MixtralExperts.forward`` (the same source: its copies in Qwen-MoE,
+OLMoE... too), ``blocks`` gives it one ``ExpertLinear`` per expert and projection, a view
+of ``gate_up_proj[e]`` / ``down_proj[e]`` kept in a plain list (the state dict is
+unchanged), and an instance ``forward`` running that eager loop through them (in place of
+the configured ``experts_implementation``, same outputs), so hooks see each expert's
+routed tokens: units ``...experts.{e}.gate_up_proj`` (MLP inputs) and
+``...experts.{e}.down_proj`` (MLP output). An expert no calibration token is routed to has
+no statistics: methods that need them (Wanda, SparseGPT) refuse with the stats collector's
+"saw no input during calibration" (give more calibration data). Their neurons are not
+declared. Experts of another forward (clamped, biased, transposed...) are not pruned
+(``secateurs inspect`` lists them under "not pruned"); any shared expert and any expert
+stored as ``nn.Linear`` are ordinary units.
 
 True-sequential stages (``Block.stages``): attention inputs (q/k/v, fused qkv), attention
 output, MLP inputs, MLP output, told apart by the module names.
@@ -41,13 +51,17 @@ After removal the config records the new sizes (uniform: the config fields, so p
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import functools
+import inspect
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from secateurs.errors import SecateursError
 from secateurs.protocols import LoadedModel
@@ -118,6 +132,85 @@ def _linears(layer: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         parent = parents[path.rpartition(".")[0]]
         if isinstance(module, kinds) and not hasattr(parent, "experts"):
             yield path, module
+
+
+class ExpertLinear(nn.Module):
+    """Expert ``index`` of a fused experts module's ``param`` as a bias-free linear: its
+    ``weight`` is a view of ``param[index]`` (read on each access, so it follows the
+    experts' storage through moves and offloading)."""
+
+    def __init__(self, experts: nn.Module, param: str, index: int) -> None:
+        super().__init__()
+        self._experts = (experts,)  # a tuple: not a registered submodule
+        self.param, self.index = param, index
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self._experts[0], self.param)[self.index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+EXPERT_PARAMS = ("gate_up_proj", "down_proj")
+EXPERT_LINEARS = "_secateurs_expert_linears"
+"""Attribute of a fused experts module holding its ``ExpertLinear`` modules, expert-major."""
+
+
+@functools.cache
+def _source(forward: Callable[..., Any]) -> str | None:
+    try:
+        return inspect.getsource(forward)  # a wrapped (``use_experts_implementation``) forward: the eager one
+    except (OSError, TypeError):
+        return None
+
+
+def _fused_experts(module: nn.Module) -> bool:
+    """``module`` is a Mixtral-style fused experts module: 3-D ``gate_up_proj`` and
+    ``down_proj``, an ``act_fn`` and the very source of ``MixtralExperts.forward``."""
+    from transformers.models.mixtral.modeling_mixtral import MixtralExperts
+
+    params = [getattr(module, n, None) for n in EXPERT_PARAMS]
+    if not all(isinstance(p, nn.Parameter) and p.dim() == 3 for p in params) or not hasattr(module, "act_fn"):
+        return False
+    return _source(type(module).forward) == _source(MixtralExperts.forward) is not None
+
+
+def _experts_forward(
+    self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    """The eager ``MixtralExperts.forward``, calling each expert's ``ExpertLinear`` modules
+    (bound to a fused experts module as its instance ``forward``)."""
+    linears = getattr(self, EXPERT_LINEARS)
+    n = len(linears) // 2
+    final = torch.zeros_like(hidden_states)
+    with torch.no_grad():
+        mask = F.one_hot(top_k_index, num_classes=n + 1).permute(2, 1, 0)
+        hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
+    for e in hit[:, 0].tolist():
+        if e == n:
+            continue
+        top_k_pos, token_idx = torch.where(mask[e])
+        gate, up = linears[2 * e](hidden_states[token_idx]).chunk(2, dim=-1)
+        out = linears[2 * e + 1](self.act_fn(gate) * up) * top_k_weights[token_idx, top_k_pos, None]
+        final.index_add_(0, token_idx, out.to(final.dtype))
+    return final
+
+
+def _expert_linears(layer: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(path in the layer, ExpertLinear)`` of every fused experts module's experts; the
+    first call wraps the module (instance ``forward``), later ones reuse it."""
+    for path, module in layer.named_modules():
+        if not _fused_experts(module):
+            continue
+        linears = getattr(module, EXPERT_LINEARS, None)
+        if linears is None:
+            experts = module.gate_up_proj.shape[0]
+            linears = [ExpertLinear(module, n, e) for e in range(experts) for n in EXPERT_PARAMS]
+            setattr(module, EXPERT_LINEARS, linears)
+            module.forward = types.MethodType(_experts_forward, module)
+        for m in linears:
+            yield f"{path}.{m.index}.{m.param}", m
 
 
 def _roles(paths: list[str]) -> dict[str, str]:
@@ -290,8 +383,9 @@ class DecoderAdapter:
         blocks = []
         for i, layer in enumerate(layers):
             prefix = f"{base}.{i}"
-            found = list(_linears(layer))
-            roles = _roles([p for p, _ in found])
+            experts = list(_expert_linears(layer))
+            found = list(_linears(layer)) + experts
+            roles = _roles([p for p, _ in found]) | {p: m.param for p, m in experts}
             units = tuple(
                 Unit(f"{prefix}.{p}", m, "weight", role=roles[p], transposed=isinstance(m, _conv1d()))
                 for p, m in found
@@ -316,7 +410,7 @@ class DecoderAdapter:
             if _neurons("", layer) is not None:
                 return None
             if any(p.dim() == 3 for p in layer.parameters()):
-                return f"{type(layer).__name__}'s MLP experts are fused 3-D parameters, which are not pruned"
+                return f"{type(layer).__name__}'s MLP experts are fused 3-D parameters, whose neurons are not declared"
             layouts = "; ".join(f"{'+'.join(p)} -> {c}" for p, c in MLP_LAYOUTS)
             return f"{type(layer).__name__} has no MLP of a declared layout ({layouts}) as nn.Linear/Conv1D"
         return f"decoder layers have no {kind!r} groups (only heads and neurons)"
