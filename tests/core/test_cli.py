@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from secateurs.cli import main
+from cli_run import run_cli
 from secateurs.errors import SecateursError
 from secateurs.recipe import Recipe, load_recipe
 
@@ -34,22 +34,12 @@ def _recipe(tmp_path: Path, model: Path, text: Path, **extra) -> Path:
     return path
 
 
-def _run(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_prune_command_writes_a_model_that_reloads_with_from_pretrained(tmp_path, tiny_lm_dir, text_file, capsys):
     from transformers import AutoModelForCausalLM
 
     recipe = _recipe(tmp_path, tiny_lm_dir, text_file)
     before = sorted((p.name, p.stat().st_mtime_ns) for p in tiny_lm_dir.iterdir())
-    code, out, err = _run(["prune", str(recipe), "--quiet"], capsys)
+    code, out, err = run_cli(["prune", str(recipe), "--quiet"], capsys)
     assert code == 0, err
     assert "perplexity:" in out and "saved to" in out
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
@@ -66,7 +56,7 @@ def test_prune_command_writes_a_model_that_reloads_with_from_pretrained(tmp_path
 
 def test_flags_override_recipe_fields(tmp_path, tiny_lm_dir, text_file, capsys):
     recipe = _recipe(tmp_path, tiny_lm_dir, text_file)
-    code, _, err = _run(
+    code, _, err = run_cli(
         ["prune", str(recipe), "-q", "--sparsity", "0.25", "--set", "scorer.comparison=\"row\"", "-o", str(tmp_path / "o2")],
         capsys,
     )
@@ -88,14 +78,14 @@ BAD_INPUTS = {
 def test_bad_recipes_fail_clearly_and_write_nothing(case, tmp_path, tiny_lm_dir, text_file, capsys):
     extra, message = BAD_INPUTS[case]
     recipe = _recipe(tmp_path, tiny_lm_dir, text_file, **extra)
-    code, _, err = _run(["prune", str(recipe), "-q"], capsys)
+    code, _, err = run_cli(["prune", str(recipe), "-q"], capsys)
     assert code == 2 and message in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["recipe.toml", "tiny-llama", "text.txt"])
 
 
 def test_missing_model_path_is_refused(tmp_path, text_file, capsys):
     recipe = _recipe(tmp_path, tmp_path / "no-such-model", text_file)
-    code, _, err = _run(["prune", str(recipe)], capsys)
+    code, _, err = run_cli(["prune", str(recipe)], capsys)
     assert code == 2 and "does not exist" in err and "smollm2-135m" in err
 
 
@@ -103,7 +93,7 @@ def test_model_no_adapter_supports_is_refused_listing_adapters(tmp_path, text_fi
     folder = tmp_path / "mystery"
     folder.mkdir()
     (folder / "weights.bin").write_bytes(b"\0")
-    code, _, err = _run(["prune", str(_recipe(tmp_path, folder, text_file))], capsys)
+    code, _, err = run_cli(["prune", str(_recipe(tmp_path, folder, text_file))], capsys)
     assert code == 2 and "no installed adapter supports" in err and "llama" in err and "Writing an architecture adapter" in err
 
 
@@ -111,10 +101,10 @@ def test_non_empty_output_needs_overwrite(tmp_path, tiny_lm_dir, text_file, caps
     """A folder secateurs wrote is replaced only with --overwrite (tests/core/test_reliability.py:
     a folder it did not write never is)."""
     recipe = _recipe(tmp_path, tiny_lm_dir, text_file)
-    assert _run(["prune", str(recipe), "-q"], capsys)[0] == 0
-    code, _, err = _run(["prune", str(recipe), "-q"], capsys)
+    assert run_cli(["prune", str(recipe), "-q"], capsys)[0] == 0
+    code, _, err = run_cli(["prune", str(recipe), "-q"], capsys)
     assert code == 2 and "--overwrite" in err
-    code, _, err = _run(["prune", str(recipe), "-q", "--overwrite"], capsys)
+    code, _, err = run_cli(["prune", str(recipe), "-q", "--overwrite"], capsys)
     assert code == 0, err
     assert (tmp_path / "out" / "report.json").is_file()
 
@@ -152,7 +142,7 @@ def test_recipe_round_trips_through_to_dict():
 
 
 def test_eval_command_reports_perplexity(tiny_lm_dir, text_file, capsys):
-    code, out, err = _run(
+    code, out, err = run_cli(
         ["eval", str(tiny_lm_dir), "--set", f'corpus="{text_file}"', "--set", "seqlen=64", "--set", "max_windows=2", "--json"],
         capsys,
     )

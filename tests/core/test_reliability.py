@@ -20,19 +20,9 @@ import torch
 from safetensors import safe_open
 
 from lm_models import char_tokenizer, tiny_causal_lm
-from secateurs.cli import main
+from cli_run import run_cli
 from secateurs.errors import SecateursError
 from secateurs.outputs import MARKER, atomic_file, check_output, clean_stale
-
-
-def _run(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -52,7 +42,7 @@ def _recipe(folder: Path, model: Path, output: Path | str, *lines: str, name: st
 
 
 def _refused(capsys, args: list[str], *needles: str) -> str:
-    code, _, err = _run(args, capsys)
+    code, _, err = run_cli(args, capsys)
     assert code == 2, err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -128,10 +118,10 @@ def test_overwrite_replaces_only_what_secateurs_wrote(workspace, tiny_lm_dir, ca
     out = workspace / "out"
     recipe = _recipe(workspace, tiny_lm_dir, out)
     out.mkdir()  # an empty folder needs no flag
-    assert _run(["prune", str(recipe), "-q"], capsys)[0] == 0
+    assert run_cli(["prune", str(recipe), "-q"], capsys)[0] == 0
     assert json.loads((out / MARKER).read_text())["files"]
     _refused(capsys, ["prune", str(recipe), "-q"], "earlier secateurs output", "--overwrite")
-    assert _run(["prune", str(recipe), "-q", "--overwrite"], capsys)[0] == 0
+    assert run_cli(["prune", str(recipe), "-q", "--overwrite"], capsys)[0] == 0
     (out / "my-eval.txt").write_text("added by the user")
     before = _snapshot(workspace)
     _refused(capsys, ["prune", str(recipe), "-q", "--overwrite"], "my-eval.txt", "secateurs did not write")
@@ -190,7 +180,7 @@ def test_the_exporters_write_only_inside_the_checked_output(workspace, tiny_lm_d
     out = workspace / "out"
     recipe = _recipe(workspace, tiny_lm_dir, out, 'exporters = ["safetensors", "report"]')
     before = _snapshot(workspace)
-    assert _run(["prune", str(recipe), "-q"], capsys)[0] == 0
+    assert run_cli(["prune", str(recipe), "-q"], capsys)[0] == 0
     after = _snapshot(workspace)
     assert {k: v for k, v in after.items() if not k.startswith("out/")} == before
 
@@ -266,7 +256,7 @@ def test_outputs_get_the_permissions_of_a_normal_write(workspace, tiny_lm_dir, c
     saved = os.umask(0o022)
     try:
         recipe = _recipe(workspace, tiny_lm_dir, workspace / "out")
-        assert _run(["prune", str(recipe), "-q"], capsys)[0] == 0
+        assert run_cli(["prune", str(recipe), "-q"], capsys)[0] == 0
         with atomic_file(workspace / "single.json") as tmp:
             tmp.write_text("{}")
     finally:
@@ -471,7 +461,7 @@ def test_a_bf16_model_keeps_its_dtype_unless_the_recipe_asks(workspace, capsys, 
     tiny_causal_lm("llama").to(torch.bfloat16).save_pretrained(model)
     lines = [f'dtype = "{dtype}"'] if dtype else []
     recipe = _recipe(workspace, model, workspace / "out", *lines)
-    assert _run(["prune", str(recipe), "-q"], capsys)[0] == 0
+    assert run_cli(["prune", str(recipe), "-q"], capsys)[0] == 0
     with safe_open(str(workspace / "out" / "model.safetensors"), "pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
         q = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
@@ -511,7 +501,7 @@ def test_plugin_problems_are_warned_on_every_command(monkeypatch, capsys, tmp_pa
     monkeypatch.setattr(secateurs.cli, "get_manager", lambda: manager)
     assert "clash-own" in manager.scorers  # a clash skips only the clashing name
     args = {"prune": ["prune", str(tmp_path / "none.toml")], "plugins": ["plugins"], "eval": ["eval", str(tmp_path / "none")]}
-    _, _, err = _run(args[command], capsys)
+    _, _, err = run_cli(args[command], capsys)
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert any("secateurs-broken" in w and "needs libfoo" in w and "none of its parts" in w for w in warnings), err
     assert any("'wanda' is registered twice" in w and "its other parts are loaded" in w for w in warnings), err

@@ -75,6 +75,19 @@ ENCODERS = ("bert", "bert-cls")
 FAMILIES = DECODERS + ENCODERS
 
 
+METHODS = {
+    "wanda": {"scorer": "wanda", "applier": "zero"},
+    "sparsegpt": {"scorer": "magnitude", "applier": "sparsegpt", "applier_params": {"true_sequential": True}},
+}
+"""The unstructured methods decoder tests run, as ``tf_models.spec`` keyword arguments."""
+
+
+def token_batches(seqlen: int, n: int = 2, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """``n`` batches of 2 random ``seqlen``-token samples."""
+    gen = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(1, VOCAB, (2, seqlen), generator=gen)} for _ in range(n)]
+
+
 def tiny_model(family: str, *, seed: int = 0) -> torch.nn.Module:
     """A tiny random ``PreTrainedModel`` of ``family`` (``*ForCausalLM`` for decoders,
     ``BertModel`` / ``BertForSequenceClassification`` for ``bert`` / ``bert-cls``)."""

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from families import DECODERS, tiny_model
+from families import DECODERS, METHODS, tiny_model, token_batches
 from secateurs.cli import cli
 from secateurs.errors import SecateursError
 from secateurs.loading import load
@@ -31,15 +31,10 @@ NO_HEADS = {"olmo2", "stablelm", "opt", "gpt2", "gpt_neox", "falcon"}
 NO_NEURONS = {"mixtral"}  # transformers 5 fuses its experts into 3-D parameters (no neuron groups)
 DECLARED = [(f, k) for f in DECODERS for k in ("heads", "neurons") if f not in (NO_HEADS if k == "heads" else NO_NEURONS)]
 REFUSED = [(f, k) for f in DECODERS for k in ("heads", "neurons") if (f, k) not in DECLARED]
-METHODS = {
-    "wanda": {"scorer": "wanda", "applier": "zero"},
-    "sparsegpt": {"scorer": "magnitude", "applier": "sparsegpt", "applier_params": {"true_sequential": True}},
-}
 
 
 def batches(n: int = 2, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(1, 128, (2, SEQLEN), generator=gen)} for _ in range(n)]
+    return token_batches(SEQLEN, n, seed)
 
 
 def loaded(family: str) -> LoadedModel:

@@ -10,7 +10,7 @@ import transformers
 from safetensors.torch import load_file
 from torch import nn
 
-from families import tiny_model
+from families import METHODS, tiny_model, token_batches
 from secateurs.errors import SecateursError
 from secateurs.pipeline import prune_model
 from secateurs.protocols import LoadedModel
@@ -18,15 +18,10 @@ from secateurs_transformers.decoder import EXPERT_LINEARS
 from tf_models import manager, spec
 
 SEQLEN = 24
-METHODS = {
-    "wanda": {"scorer": "wanda", "applier": "zero"},
-    "sparsegpt": {"scorer": "magnitude", "applier": "sparsegpt", "applier_params": {"true_sequential": True}},
-}
 
 
 def batches(n: int = 2, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(1, 128, (2, SEQLEN), generator=gen)} for _ in range(n)]
+    return token_batches(SEQLEN, n, seed)
 
 
 def loaded() -> LoadedModel:
