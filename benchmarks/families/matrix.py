@@ -32,9 +32,8 @@ from secateurs.errors import SecateursError  # noqa: E402
 from secateurs.inspection import describe  # noqa: E402
 from secateurs.loading import wrap  # noqa: E402
 from secateurs.pipeline import PruneSpec, prune_model  # noqa: E402
-from secateurs.plugins import get_manager  # noqa: E402
 from secateurs.protocols import LoadedModel  # noqa: E402
-from secateurs.testing import propagation_error  # noqa: E402
+from secateurs.testing import propagation_error, quiet_spec  # noqa: E402
 
 from families import DECODERS, ENCODERS, WINDOW, tiny_model  # noqa: E402
 from timm_models import SPECS as TIMM, images, tiny  # noqa: E402
@@ -52,16 +51,8 @@ def _batches(n: int = 2, seed: int = 1) -> list[dict[str, torch.Tensor]]:
 
 
 def _spec(scorer: str, applier: str, sparsity: float, granularity: str = "unstructured", **applier_params) -> PruneSpec:
-    m = get_manager()
-    return PruneSpec(
-        scorer=m.scorers.create(scorer),
-        allocator=m.allocators.create("uniform"),
-        applier=m.appliers.create(applier, **applier_params),
-        sparsity=sparsity,
-        granularity=granularity,
-        calibration=_batches(),
-        progress=False,
-    )
+    return quiet_spec(applier, granularity, scorer=scorer, sparsity=sparsity, calibration=_batches(),
+                      applier_params=applier_params)
 
 
 def _outputs(loaded: LoadedModel) -> torch.Tensor:

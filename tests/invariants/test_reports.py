@@ -9,7 +9,7 @@ import torch
 
 from secateurs.errors import SecateursError
 from secateurs.pipeline import PruneSpec, prune_model
-from secateurs.plugins import get_manager
+from secateurs.testing import quiet_spec
 
 from tf_models import loaded_tiny
 from timm_models import tiny
@@ -24,9 +24,7 @@ def _loaded(zoo: str, family: str):
 
 
 def _spec(applier: str, kind: str, sparsity: float) -> PruneSpec:
-    m = get_manager()
-    return PruneSpec(scorer=m.scorers.create("magnitude"), allocator=m.allocators.create("uniform"),
-                     applier=m.appliers.create(applier), sparsity=sparsity, granularity=kind, progress=False)
+    return quiet_spec(applier, kind, sparsity=sparsity)
 
 
 def _n_params(model: torch.nn.Module) -> int:

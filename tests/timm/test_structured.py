@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from secateurs.pipeline import PruneSpec, prune_model
-from secateurs.plugins import get_manager
+from secateurs.testing import quiet_spec
 
 from timm_models import FAMILY, images, tiny
 
@@ -16,15 +16,7 @@ KINDS = [("vit", "heads"), ("vit", "neurons"), ("vgg", "channels"), ("vgg_nobn",
 
 
 def _spec(applier: str, sparsity: float, granularity: str = "unstructured", scorer: str = "magnitude") -> PruneSpec:
-    manager = get_manager()
-    return PruneSpec(
-        scorer=manager.scorers.create(scorer),
-        allocator=manager.allocators.create("uniform"),
-        applier=manager.appliers.create(applier),
-        sparsity=sparsity,
-        granularity=granularity,
-        progress=False,
-    )
+    return quiet_spec(applier, granularity, scorer=scorer, sparsity=sparsity)
 
 
 def _outputs(loaded, x):

@@ -16,8 +16,7 @@ from secateurs.errors import SecateursError
 from secateurs.inspection import describe
 from secateurs.loading import load
 from secateurs.pipeline import PruneSpec, prune_model
-from secateurs.plugins import get_manager
-from secateurs.testing import propagation_error
+from secateurs.testing import propagation_error, quiet_spec
 from secateurs_timm.mha import ExplicitMultiheadAttention, make_explicit
 from secateurs_timm.storage import DESCRIPTION
 from secateurs_timm.tvspec import TorchvisionSpec
@@ -30,16 +29,7 @@ CASES = [(f, k) for f in FAMILIES for k in KINDS[f]]
 
 def _spec(applier: str, sparsity: float, granularity: str = "unstructured", scorer: str = "magnitude",
           calibration=None) -> PruneSpec:
-    manager = get_manager()
-    return PruneSpec(
-        scorer=manager.scorers.create(scorer),
-        allocator=manager.allocators.create("uniform"),
-        applier=manager.appliers.create(applier),
-        sparsity=sparsity,
-        granularity=granularity,
-        calibration=calibration,
-        progress=False,
-    )
+    return quiet_spec(applier, granularity, scorer=scorer, sparsity=sparsity, calibration=calibration)
 
 
 def _out(loaded, x):

@@ -13,6 +13,7 @@ import torch
 
 from lm_models import tiny_causal_lm
 from secateurs.pipeline import PruneSpec
+from secateurs.testing import quiet_spec
 from secateurs.plugins import LOAD_PLUGINS_ENV, PluginManager
 from secateurs.protocols import LoadedModel
 
@@ -90,13 +91,6 @@ def spec(applier: str, granularity: str = "unstructured", *, sparsity: float = 0
          allocator: str = "uniform", calibration=None, plugins: str = "transformers",
          applier_params: dict | None = None, allocator_params: dict | None = None) -> PruneSpec:
     """A quiet pruning run with parts from ``manager(plugins)``."""
-    m = manager(plugins)
-    return PruneSpec(
-        scorer=m.scorers.create(scorer),
-        allocator=m.allocators.create(allocator, **(allocator_params or {})),
-        applier=m.appliers.create(applier, **(applier_params or {})),
-        sparsity=sparsity,
-        granularity=granularity,
-        calibration=calibration,
-        progress=False,
-    )
+    return quiet_spec(applier, granularity, scorer=scorer, sparsity=sparsity, allocator=allocator,
+                      calibration=calibration, applier_params=applier_params, allocator_params=allocator_params,
+                      manager=manager(plugins))

@@ -1,5 +1,8 @@
 """Checks for adapter and plugin authors, shipped with the core.
 
+``quiet_spec(...)``: a ``PruneSpec`` built from registered part names, without progress
+bars, for tests.
+
 ``propagation_error(loaded, batches)``: the propagation invariant every adapter must
 satisfy — with nothing pruned, the hidden state the pipeline feeds block ``i`` equals the
 model's own hidden state entering block ``i``. Use it in your adapter's tests::
@@ -17,8 +20,34 @@ import torch
 from torch import nn
 
 from secateurs.pipeline import PruneSpec, prune_model
-from secateurs.plugins import get_manager
-from secateurs.protocols import LoadedModel
+from secateurs.plugins import PluginManager, get_manager
+from secateurs.protocols import UNSTRUCTURED, LoadedModel
+
+
+def quiet_spec(
+    applier: str = "zero",
+    granularity: str = UNSTRUCTURED,
+    *,
+    scorer: str = "magnitude",
+    sparsity: float = 0.5,
+    allocator: str = "uniform",
+    calibration: Sequence[Any] | None = None,
+    applier_params: dict[str, Any] | None = None,
+    allocator_params: dict[str, Any] | None = None,
+    manager: PluginManager | None = None,
+) -> PruneSpec:
+    """A pruning run of registered parts (from ``manager``, default: the installed
+    plugins) that shows no progress bars."""
+    m = manager or get_manager()
+    return PruneSpec(
+        scorer=m.scorers.create(scorer),
+        allocator=m.allocators.create(allocator, **(allocator_params or {})),
+        applier=m.appliers.create(applier, **(applier_params or {})),
+        sparsity=sparsity,
+        granularity=granularity,
+        calibration=None if calibration is None else list(calibration),
+        progress=False,
+    )
 
 
 def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -45,16 +74,8 @@ def _recording(modules: Sequence[nn.Module], run: Callable[[], Any]) -> list[lis
 def pipeline_block_inputs(loaded: LoadedModel, batches: Sequence[Any]) -> list[list[torch.Tensor]]:
     """``[block][batch]``: the hidden states the pipeline feeds each block while pruning
     at sparsity 0 with Wanda (its last pass over the batches; capture's calls precede it)."""
-    manager = get_manager()
     blocks = loaded.adapter.blocks(loaded.model)
-    spec = PruneSpec(
-        scorer=manager.scorers.create("wanda"),
-        allocator=manager.allocators.create("uniform"),
-        applier=manager.appliers.create("zero"),
-        sparsity=0.0,
-        calibration=list(batches),
-        progress=False,
-    )
+    spec = quiet_spec("zero", scorer="wanda", sparsity=0.0, calibration=batches)
     seen = _recording([b.module for b in blocks], lambda: prune_model(loaded, spec, blocks))
     return [calls[-len(batches) :] for calls in seen]
 

@@ -52,7 +52,8 @@ def spec_of(loaded: LoadedModel) -> Spec:
     spec = loaded.extra.get(SPEC_KEY)
     if isinstance(spec, Spec):
         return spec
-    return getattr(loaded.adapter, "infer_spec", infer_spec)(loaded.model)
+    adapter = loaded.adapter
+    return adapter.infer_spec(loaded.model) if isinstance(adapter, TimmAdapter) else infer_spec(loaded.model)
 
 
 def unit(names: dict[nn.Module, str], module: nn.Module, role: str) -> Unit:
