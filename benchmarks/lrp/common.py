@@ -15,10 +15,9 @@ from pathlib import Path
 import attrs
 import torch
 
-from secateurs.loading import load
-from secateurs.plugins import get_manager
+from secateurs.curve import CurveSetup
+from secateurs.curve import curve_setup as setup_curve
 from secateurs.protocols import LoadedModel
-from secateurs_lrp.curve import CurveParts
 from secateurs_timm.base import spec_of
 from secateurs_timm.data import load_split, preprocess
 
@@ -55,19 +54,16 @@ class SplitAccuracy:
         return {"accuracy": correct / len(labels)}
 
 
-def curve_setup(model: str, kind: str, evaluator) -> CurveParts:
+def curve_setup(model: str, kind: str, evaluator) -> CurveSetup:
     """The packaged Fashion-MNIST ``model`` (vgg / resnet / vit) pruned by ``kind`` with the
     global allocator and the zero applier; reference set: 10 per class of 300 training images."""
-    manager = get_manager()
-    loaded = load(f"fashion-mnist-{model}", manager=manager)
-    calibration = manager.calibration_sources.create("images", nsamples=REFERENCE_SAMPLES, batch_size=50, seed=0)
-    return CurveParts(
-        loaded=loaded,
-        make_scorer=lambda: manager.scorers.create("lrp"),
-        make_allocator=lambda: manager.allocators.create("global"),
-        make_applier=lambda: manager.appliers.create("zero"),
-        calibration=calibration.batches(loaded),
-        evaluator=evaluator,
-        granularity=kind,
-        seed=0,
-    )
+    recipe = {
+        "model": f"fashion-mnist-{model}",
+        "scorer": "lrp",
+        "allocator": "global",
+        "applier": "zero",
+        "sparsity": 0.0,
+        "granularity": kind,
+        "calibration": {"name": "images", "nsamples": REFERENCE_SAMPLES, "batch_size": 50},
+    }
+    return setup_curve(recipe, evaluator=evaluator)

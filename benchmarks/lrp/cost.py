@@ -72,7 +72,7 @@ def main() -> None:
     out = {}
     for model in args.models or list(KINDS):
         parts = curve_setup(model, KINDS[model][0], SplitAccuracy(0, 1))
-        loaded, calibration = parts.loaded, parts.calibration
+        loaded, calibration = parts.loaded, parts.spec.calibration
         classes = loaded.model.num_classes
         batches = reference_set(calibration, PER_CLASS, classes, 32)
         times = {"plain": [], "plain_input_only": [], "lrp": [], "taylor": []}

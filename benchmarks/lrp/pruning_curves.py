@@ -27,8 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import KINDS, PER_CLASS, RESULTS, SplitAccuracy, curve_setup, results_path, write_results  # noqa: E402
 
-from secateurs_lrp.curve import DEFAULT_RATES, plot_curves, pruning_curve  # noqa: E402
-from secateurs_lrp.library import PRESETS, write_json  # noqa: E402
+from secateurs.curve import DEFAULT_RATES, plot_curves, pruning_curve  # noqa: E402
+from secateurs_lrp.library import PRESETS  # noqa: E402
+from secateurs.outputs import write_json  # noqa: E402
 from secateurs_lrp.scorers import LrpScorer  # noqa: E402
 from secateurs_lrp.tune import tune  # noqa: E402
 from secateurs.plugins import get_manager  # noqa: E402

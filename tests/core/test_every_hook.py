@@ -19,7 +19,12 @@ from secateurs.hookspecs import hookimpl
 from secateurs.loading import find_adapter
 from secateurs.plugins import PluginManager
 from secateurs.protocols import OPTIONAL, LoadedModel
-from secateurs.types import Block, Group
+from secateurs.block_inputs import Inputs
+from secateurs.builtins.remove import RemoveApplier
+from secateurs.builtins.scorers import MagnitudeScorer
+from secateurs.pipeline import PruneSpec, prune_model
+from secateurs.testing import tiny_model
+from secateurs.types import Block, Group, UnitAllocation
 from toy_plugin import InputWeighted, MLPStack, MLPStackAdapter, Ramp, ToyPlugin, ZeroAndCount
 
 
@@ -133,7 +138,52 @@ class CheckingZero(ZeroAndCount):
             raise SecateursError(f"checking-zero prunes entries, not {granularity}")
 
 
-OPTIONAL_PARTS = (ExplainingMLPAdapter(), RecordingScorer(), CheckingZero(), Ramp())
+OPTIONAL_PARTS = (ExplainingMLPAdapter(), RecordingScorer(), CheckingZero(), Ramp(), RemoveApplier())
+
+
+@attrs.define
+class TriesEveryBlock:
+    """A searching allocator that tries the target on every block and undoes it."""
+
+    needs_scores: ClassVar[bool] = True
+
+    def prepare(self, session, target: float) -> None:
+        for block in session.blocks:
+            allocation = {g.name: UnitAllocation(target) for g in block.groups if g.kind == session.granularity}
+            with session.trial(block):
+                session.prune_block(block, {}, Inputs(), allocation)
+                assert block.module.up.out_features == 32  # zeroed in the trial, not removed
+
+    def allocate(self, block: Block, scores, target: float):
+        return {name: UnitAllocation(target) for name in scores}
+
+
+@attrs.frozen
+class BareRemove:
+    """Removes components but does not say how to zero them instead (no ``in_place``)."""
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+    row_ratios: ClassVar[bool] = False
+
+    def apply(self, block, scores, allocation, ctx):
+        return RemoveApplier().apply(block, scores, allocation, ctx)
+
+
+def _trying(applier) -> PruneSpec:
+    return PruneSpec(MagnitudeScorer(), TriesEveryBlock(), applier, 0.5, granularity="neurons", progress=False)
+
+
+def test_trials_with_a_resizing_applier_zero_then_undo():
+    loaded = tiny_model()
+    dense = loaded.model(torch.ones(2, 16))
+    result = prune_model(loaded, _trying(RemoveApplier()))
+    assert [b.up.out_features for b in loaded.model.blocks] == [16, 16, 16]  # the run itself removes
+    assert result.sparsity == 0.5 and not torch.equal(loaded.model(torch.ones(2, 16)), dense)
+
+
+def test_a_resizing_applier_without_in_place_is_refused_in_a_trial():
+    with pytest.raises(SecateursError, match=r"changed the shape of blocks.0.up.weight inside a trial.*in_place"):
+        prune_model(tiny_model(), _trying(BareRemove()))
 
 
 class OptionalMembersPlugin:

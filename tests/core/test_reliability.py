@@ -22,7 +22,7 @@ from safetensors import safe_open
 from lm_models import char_tokenizer, tiny_causal_lm
 from cli_run import run_cli
 from secateurs.errors import SecateursError
-from secateurs.outputs import MARKER, atomic_file, check_output, clean_stale
+from secateurs.outputs import MARKER, atomic_file, clean_stale
 
 
 def _snapshot(root: Path) -> dict[str, str]:

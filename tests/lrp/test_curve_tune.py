@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from secateurs.curve import CurveSetup, curve_setup, parse_rates, plot_curves, pruning_curve
 from secateurs.errors import SecateursError
 from secateurs.plugins import get_manager
 from secateurs.protocols import LoadedModel
 from secateurs_lrp.composites import CompositeSpec
-from secateurs_lrp.curve import CurveParts, parse_rates, plot_curves, pruning_curve
 from secateurs_lrp.library import resolve_composite, save_composite
 from secateurs_lrp.scorers import LrpScorer
 from secateurs_lrp.tune import tune
@@ -36,22 +36,19 @@ class Agreement:
             return {"agreement": float((model(self.x).argmax(-1) == self.reference).float().mean())}
 
 
-def _parts(scorer="lrp", allocator="global") -> CurveParts:
-    manager = get_manager()
+def _parts(scorer="lrp", allocator="global") -> CurveSetup:
     loaded = tiny("vit")
     x = images("vit", 32, seed=3)
     with torch.no_grad():
         reference = loaded.model(x).argmax(-1)
-    return CurveParts(
-        loaded=loaded,
-        make_scorer=lambda: manager.scorers.create(scorer, **({"samples_per_class": 2} if scorer == "lrp" else {})),
-        make_allocator=lambda: manager.allocators.create(allocator),
-        make_applier=lambda: manager.appliers.create("zero"),
-        calibration=calibration("vit"),
-        evaluator=Agreement(x, reference),
-        granularity="neurons",
-        seed=0,
-    )
+    recipe = {
+        "scorer": {"name": scorer, **({"samples_per_class": 2} if scorer == "lrp" else {})},
+        "allocator": allocator,
+        "applier": "zero",
+        "sparsity": 0.0,
+        "granularity": "neurons",
+    }
+    return curve_setup(recipe, model=loaded, calibration=calibration("vit"), evaluator=Agreement(x, reference))
 
 
 @pytest.mark.parametrize(("scorer", "allocator"), [("lrp", "global"), ("lrp", "uniform"), ("magnitude", "global"), ("random", "uniform")])

@@ -17,6 +17,7 @@ from secateurs_lrp.composites import CompositeSpec, depth_groups
 from secateurs_lrp.library import resolve_composite
 from secateurs_lrp.relevance import reference_set
 from secateurs_lrp.rules import bilinear_matmul, softmax_relevance
+from secateurs.testing import Where, check_scorer
 from secateurs_lrp.scorers import LrpScorer, TaylorScorer
 from lrp_tiny import CLASSES, calibration, family, images, tiny  # noqa: F401 (fixtures)
 
@@ -34,6 +35,13 @@ def test_scores_every_group_once(family, scorer):
         scores = s.score_group(g, ScoreContext())
         assert scores.shape == (g.size,)
         assert torch.isfinite(scores).all() and (scores >= 0).all() and scores.sum() > 0
+
+
+@pytest.mark.parametrize("scorer", ["lrp", "taylor"])
+def test_passes_the_plugin_authors_check(family, scorer):
+    for kind in KINDS[family]:
+        part = get_manager().scorers.create(scorer, samples_per_class=2)
+        check_scorer(part, Where(loaded=tiny(family), calibration=calibration(family), granularity=kind))
 
 
 def test_relevance_is_batch_independent():

@@ -10,11 +10,30 @@ import click
 from secateurs.errors import SecateursError
 from secateurs.inspection import inspect_command
 from secateurs.plugins import KINDS, get_manager
-from secateurs.recipe import parse_overrides  # plugins' commands may still import it from here
+from secateurs.outputs import Reads, check_output
+from secateurs.recipe import Recipe, load_recipe, parse_overrides
 
 
 PLURALS = {"calibration": "calibration sources", "model": "packaged models"}
 OVERWRITE_HELP = "Replace an output directory an earlier secateurs run wrote (never any other folder)."
+
+
+def command_recipe(path: str, sets: tuple[str, ...] = (), **options: object) -> Recipe:
+    """RECIPE as a command was given it: loaded, then the ``--set KEY=VALUE`` pairs and
+    every named option that was given (not ``None``) applied as overrides. Plugins'
+    commands use it so that every command reads a recipe the same way."""
+    overrides = parse_overrides(sets)
+    overrides.update({key: value for key, value in options.items() if value is not None})
+    return load_recipe(path).with_overrides(overrides)
+
+
+def checked_reads(output: str | None, recipe_path: str, recipe: Recipe, *, overwrite: bool) -> Reads:
+    """The paths a command of ``recipe`` reads; ``output`` (when given) is checked
+    against them (``secateurs.outputs.check_output``) before any work."""
+    reads = [*recipe.read_paths(), ("recipe", recipe_path)]
+    if output is not None:
+        check_output(output, reads=reads, overwrite=overwrite)
+    return reads
 
 
 @click.group()
@@ -35,14 +54,9 @@ def cli() -> None:
 def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> None:
     """Prune a model as RECIPE (a TOML file) says."""
     from secateurs.masks import parse_nm
-    from secateurs.recipe import load_recipe
     from secateurs.run import prune as run_prune
 
-    overrides = parse_overrides(sets)
-    for key, value in (("model", model), ("output", output), ("sparsity", sparsity), ("device", device)):
-        if value is not None:
-            overrides[key] = value
-    loaded_recipe = load_recipe(recipe).with_overrides(overrides)
+    loaded_recipe = command_recipe(recipe, sets, model=model, output=output, sparsity=sparsity, device=device)
     pattern = loaded_recipe.applier.params.get("pattern")
     if sparsity is not None and pattern is not None:
         n, m = parse_nm(pattern)
@@ -80,6 +94,47 @@ def eval_(model, evaluator, sets, device, as_json) -> None:
     else:
         for name, value in metrics.items():
             click.echo(f"{name}: {value:.6g}")
+
+
+RATES_HELP = "Pruning rates in percent: START:STOP:STEP (inclusive) or a comma list."
+
+
+@cli.command("prune-curve")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="Write curve.json and curve.png here.")
+@click.option("--rates", help=RATES_HELP + "  [default: 0:95:5]")
+@click.option("--metric", help="Metric of the recipe's evaluator to plot (default: its first).")
+@click.option("--model", help="Override the recipe's model.")
+@click.option("--device", help="Device (cpu, cuda...).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key (dotted).")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def prune_curve(recipe, output, rates, metric, model, device, sets, overwrite, quiet) -> None:
+    """Metric-vs-pruning-rate curve of RECIPE, for any scorer: score the dense model once,
+    prune a fresh copy at every rate (0, 5, ..., 95% by default; the masks nest) and
+    evaluate it with the recipe's evaluator; table, area under the curve, JSON and PNG."""
+    import time
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from secateurs.curve import DEFAULT_RATES, check_plotting, curve_setup, parse_rates, plot_curves, pruning_curve
+    from secateurs.outputs import atomic_output_dir, write_json
+
+    parsed = command_recipe(recipe, sets, model=model, device=device)
+    reads = checked_reads(output, recipe, parsed, overwrite=overwrite)
+    if output is not None:
+        check_plotting()
+    rate_list = DEFAULT_RATES if rates is None else parse_rates(rates)
+    setup = curve_setup(parsed)
+    with tqdm(total=len(rate_list), desc="curve", unit="rate", disable=quiet) as bar:
+        curve = pruning_curve(setup, rate_list, metric=metric, progress=lambda rate, metrics: bar.update())
+    click.echo(curve.table())
+    if output is not None:
+        with atomic_output_dir(output, overwrite=overwrite, reads=reads) as tmp:
+            write_json(tmp / "curve.json", {"recipe": parsed.to_dict(), "curve": curve.to_dict(), "date": time.strftime("%Y-%m-%d")})
+            plot_curves({parsed.scorer.name: curve}, tmp / "curve.png", Path(str(parsed.model)).name)
+        click.echo(f"saved curve.json and curve.png to {Path(output).resolve()}")
 
 
 @cli.command()

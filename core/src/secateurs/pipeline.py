@@ -39,6 +39,7 @@ from secateurs.protocols import (
     LoadedModel,
     PreparingScorer,
     Recording,
+    ResizingApplier,
     Scorer,
     ScoreContext,
     StructuredRefusing,
@@ -122,6 +123,7 @@ class Session:
         self.inputs = Inputs() if inputs is None else inputs
         self.timings: dict[str, float] = {}
         self._generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+        self._trying: set[str] = set()  # blocks inside ``trial``: a resizing applier zeroes there
 
     # -- timing ----------------------------------------------------------------------
     @contextmanager
@@ -321,8 +323,11 @@ class Session:
             granularity=self.spec.granularity,
             loaded=self.loaded,
         )
+        applier = self.spec.applier
+        if block.name in self._trying and isinstance(applier, ResizingApplier):
+            applier = applier.in_place()  # same outputs, shapes kept: the trial can undo it
         with torch.no_grad(), self.timed("apply"):
-            masks = self.spec.applier.apply(block, scores, allocation, ctx)
+            masks = applier.apply(block, scores, allocation, ctx)
         return masks, allocation
 
     @contextmanager
@@ -331,11 +336,19 @@ class Session:
         # offloaded blocks: real tensors while trying; restored on exit, so nothing to write back
         with materialized(block.module, writeback=False):
             saved = {name: p.detach().clone() for name, p in block.module.named_parameters()}
+            self._trying.add(block.name)
             try:
                 yield
             finally:
+                self._trying.discard(block.name)
                 with torch.no_grad():
                     for name, p in block.module.named_parameters():
+                        if p.shape != saved[name].shape:
+                            raise SecateursError(
+                                f"the applier changed the shape of {block.name}.{name} inside a trial, so "
+                                "the trial cannot be undone; an applier that resizes tensors must declare "
+                                "ResizingApplier.in_place (docs/plugins.md)"
+                            )
                         p.copy_(saved[name])
 
     def dense_scores(self) -> Iterator[tuple[Block, dict[str, torch.Tensor]]]:
@@ -355,11 +368,9 @@ class Session:
             yield block, scores
 
 
-def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None = None) -> PruneResult:
-    """Prune ``loaded.model`` in place according to ``spec``; return what was done.
-
-    The model object is modified: copy it first if you need the original.
-    """
+def _open_session(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None) -> Session:
+    """A session ready to walk the blocks: the run checked (sparsity, parts, granularity,
+    hookable units), a preparing scorer prepared and block 0's calibration inputs captured."""
     check_sparsity(spec.sparsity)
     if spec.scorer.selects and spec.allocator.needs_scores:
         raise SecateursError(
@@ -377,12 +388,9 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         _check_hookable(blocks)
     if isinstance(spec.applier, CheckingApplier):
         spec.applier.check(blocks, spec.granularity)
-    params_total = sum(p.numel() for p in model.parameters())
-    start = time.perf_counter()
     session = Session(loaded, spec, blocks)
-    targets = _all_targets(session)
     if spec.granularity != UNSTRUCTURED:
-        if not targets:
+        if not _all_targets(session):
             adapter = loaded.adapter
             refuses = isinstance(adapter, StructuredRefusing)
             reason = adapter.structured_refusal(model, spec.granularity) if refuses else None
@@ -393,7 +401,6 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
             )
         if not isinstance(spec.scorer, StructuredScorer):
             raise SecateursError(f"this scorer cannot score structured {spec.granularity!r} groups")
-    layout = entry_layout(targets) if spec.granularity != UNSTRUCTURED else None
     if isinstance(spec.scorer, PreparingScorer):  # whole-model scorers: once, before any pruning
         with session.timed("score"):
             spec.scorer.prepare(loaded, spec.calibration)
@@ -402,6 +409,36 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
             raise SecateursError("this scorer or applier needs calibration data; the recipe gives none")
         with session.timed("capture"):
             session.inputs = capture(loaded, blocks, spec.calibration)
+    return session
+
+
+def dense_scores(
+    loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None = None, *, to_cpu: bool = True
+) -> dict[str, torch.Tensor]:
+    """Every target's score by target name on the dense model (moved to the CPU unless
+    ``to_cpu`` is false): one pass in which block ``i`` sees the dense outputs of the
+    blocks before it. Nothing is pruned; ``spec``'s allocator and applier are not used."""
+    session = _open_session(loaded, spec, blocks)
+    with torch.no_grad():
+        return {
+            name: score.detach().cpu() if to_cpu else score.detach()
+            for _, scores in tqdm(session.dense_scores(), total=len(session.blocks), desc="scoring",
+                                  unit="block", disable=not spec.progress)
+            for name, score in scores.items()
+        }
+
+
+def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None = None) -> PruneResult:
+    """Prune ``loaded.model`` in place according to ``spec``; return what was done.
+
+    The model object is modified: copy it first if you need the original.
+    """
+    params_total = sum(p.numel() for p in loaded.model.parameters())
+    start = time.perf_counter()
+    session = _open_session(loaded, spec, blocks)
+    blocks = session.blocks
+    targets = _all_targets(session)
+    layout = entry_layout(targets) if spec.granularity != UNSTRUCTURED else None
     with session.timed("prepare"):
         spec.allocator.prepare(session, spec.sparsity)
 

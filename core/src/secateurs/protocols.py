@@ -235,7 +235,8 @@ class Applier(Protocol):
 
     Returns the keep-mask (bool, weight shape) of every unit it pruned. ``requires``: the
     statistics it needs itself (SparseGPT: ``"hessian"``). ``row_ratios``: whether it
-    honours per-row sparsity ratios. Optional member: ``CheckingApplier`` (``check``).
+    honours per-row sparsity ratios. Optional members: ``CheckingApplier`` (``check``) and
+    ``ResizingApplier`` (``in_place``).
     """
 
     requires: frozenset[str]
@@ -354,6 +355,16 @@ class CheckingApplier(Protocol):
 
 
 @runtime_checkable
+class ResizingApplier(Protocol):
+    """An applier that changes tensor shapes (removes components): ``in_place()`` returns
+    an applier with the same outputs that keeps every shape (zeroing the same
+    components). Inside ``SearchSession.trial`` the pipeline applies that one, so tried
+    candidates can be undone; an applier that resizes without it is refused there."""
+
+    def in_place(self) -> Applier: ...
+
+
+@runtime_checkable
 class Recording(Protocol):
     """A scorer or allocator with data for the report: after the run, its ``records``
     (JSON-serialisable, keyed by the part's own name, e.g. ``{"owl": {...}}``) are merged
@@ -366,7 +377,7 @@ OPTIONAL: dict[type, tuple[type, ...]] = {
     Adapter: (ResizingAdapter, ExplainingAdapter, ExplainingLoader, StructuredRefusing, GenericAdapter),
     Scorer: (StructuredScorer, PreparingScorer, Recording),
     Allocator: (Recording,),
-    Applier: (CheckingApplier,),
+    Applier: (CheckingApplier, ResizingApplier),
 }
 """Base protocol → the protocols of the optional members a part of that kind may implement."""
 

@@ -1,4 +1,10 @@
-"""Run a recipe end to end: validate, load, evaluate, prune, evaluate, export atomically."""
+"""Run a recipe end to end: validate, load, evaluate, prune, evaluate, export atomically.
+
+The steps are public so that every command runs a recipe the same way:
+``build_parts(recipe)`` (every part created and checked before any work),
+``load_for(recipe)`` (the model, offloaded under ``max_memory``) and
+``spec_for(recipe, parts, loaded)`` (the pruning run, every recipe key honoured).
+``secateurs.curve`` and plugins' commands use them instead of re-building a run."""
 
 from __future__ import annotations
 
@@ -36,7 +42,10 @@ class RunOutcome:
 
 
 @attrs.frozen
-class _Parts:
+class RunParts:
+    """A recipe's parts, created from their registries (``None`` where the recipe names
+    none): ``calibration`` is the calibration *source* (``batches(loaded)`` gives batches)."""
+
     scorer: Any
     allocator: Any
     applier: Any
@@ -45,9 +54,12 @@ class _Parts:
     evaluator: Any
 
 
-def _build_parts(recipe: Recipe, manager: PluginManager, progress: bool) -> _Parts:
-    """Create every named part first, so unknown names and bad parameters fail before any work."""
-    return _Parts(
+def build_parts(recipe: Recipe, manager: PluginManager | None = None, *, progress: bool = True) -> RunParts:
+    """Create every part the recipe names and check its device, so unknown names, bad
+    parameters and a missing device fail before any model is loaded. Every command that
+    runs a recipe starts here."""
+    manager = manager or get_manager()
+    parts = RunParts(
         calibration=create_part(manager.calibration_sources, recipe.calibration, seed=recipe.seed),
         evaluator=create_part(manager.evaluators, recipe.evaluate, progress=progress),
         scorer=create_part(manager.scorers, recipe.scorer),
@@ -55,19 +67,83 @@ def _build_parts(recipe: Recipe, manager: PluginManager, progress: bool) -> _Par
         applier=create_part(manager.appliers, recipe.applier),
         exporters=[create_part(manager.exporters, p) for p in recipe.exporters],
     )
+    check_device(recipe.device)
+    return parts
 
 
 def create_part(registry: Registry[Any], part: Part | None, **defaults: Any) -> Any:
-    """``part`` built from ``registry`` (``None`` for no part); each of ``defaults`` is
-    passed unless the part sets it, when the factory (an attrs class) has that field.
-    Tools that build parts from a recipe themselves (e.g. pruning curves) use it too, so a
-    recipe's ``seed`` reaches its calibration source the same way everywhere."""
+    """``part`` built from ``registry`` (``None`` for no part). The run-wide settings in
+    ``defaults`` (``seed``, ``progress``) reach a part whose factory is an attrs class with
+    a field of that name, unless the part's own parameters set it: declare such a field to
+    receive them (``docs/plugins.md``, "Seeds and progress bars")."""
     if part is None:
         return None
     factory = registry.entry(part.name).factory
     accepted = {f.name for f in attrs.fields(factory)} if attrs.has(factory) else set()
     params = {k: v for k, v in defaults.items() if k in accepted} | dict(part.params)
     return registry.create(part.name, **params)
+
+
+def load_for(
+    recipe: Recipe, manager: PluginManager | None = None, *, model: nn.Module | LoadedModel | None = None
+) -> LoadedModel:
+    """The model a run of ``recipe`` prunes: ``model`` when given (a module no adapter
+    knows goes to the generic ``module`` adapter), else ``recipe.model`` loaded with the
+    recipe's adapter, device and dtype; under ``max_memory`` what does not fit is
+    offloaded through accelerate."""
+    manager = manager or get_manager()
+    _require_model(recipe, model)
+    offload = recipe.max_memory is not None  # load in RAM, then let accelerate offload what does not fit
+    if model is None:
+        loaded = load(
+            recipe.model, device="cpu" if offload else recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager
+        )
+    else:
+        loaded = model if isinstance(model, LoadedModel) else wrap(model, recipe.adapter, manager)
+    if offload:
+        dispatch(loaded, max_memory=recipe.max_memory, offload_folder=recipe.offload_folder, device=recipe.device)
+    return loaded
+
+
+def spec_for(
+    recipe: Recipe,
+    parts: RunParts,
+    loaded: LoadedModel,
+    *,
+    calibration: Sequence[Any] | None = None,
+    progress: bool = True,
+    manager: PluginManager | None = None,
+) -> PruneSpec:
+    """The pruning run ``recipe`` describes on ``loaded``, with every key honoured
+    (sparsity, granularity, targets, exclude, reference_model, seed). ``calibration``:
+    batches to use instead of the recipe's calibration source."""
+    return PruneSpec(
+        scorer=parts.scorer,
+        allocator=parts.allocator,
+        applier=parts.applier,
+        sparsity=recipe.sparsity,
+        granularity=recipe.granularity,
+        targets=recipe.targets,
+        exclude=recipe.exclude,
+        calibration=_calibration(loaded, parts.calibration, calibration),
+        reference=_reference(recipe, manager or get_manager()),
+        seed=recipe.seed,
+        progress=progress,
+    )
+
+
+def as_recipe(recipe: Recipe | Mapping[str, Any] | str | Path) -> Recipe:
+    """``recipe`` as a ``Recipe``: kept, built from a dict, or loaded from a TOML path."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str | Path):
+        return load_recipe(recipe)
+    return Recipe.from_dict(recipe)
+
+
+def _require_model(recipe: Recipe, model: object) -> None:
+    if model is None and recipe.model is None:
+        raise SecateursError("recipe is missing required key 'model' (or pass model= in Python)")
 
 
 def _calibration(loaded: LoadedModel, source: Any, given: Sequence[Any] | None) -> list[Any] | None:
@@ -115,42 +191,18 @@ def prune(
     manager = manager or get_manager()
     if isinstance(recipe, str | Path):
         reads = [*reads, ("recipe", recipe)]
-        recipe = load_recipe(recipe)
-    elif not isinstance(recipe, Recipe):
-        recipe = Recipe.from_dict(recipe)
-    if model is None and recipe.model is None:
-        raise SecateursError("recipe is missing required key 'model' (or pass model= in Python)")
-    parts = _build_parts(recipe, manager, progress)
-    check_device(recipe.device)
+    recipe = as_recipe(recipe)
+    _require_model(recipe, model)
+    parts = build_parts(recipe, manager, progress=progress)
     reads = [*recipe.read_paths(), *reads]
     if recipe.output is not None:
         check_output(recipe.output, reads=reads, overwrite=overwrite)
 
     started = time.perf_counter()
-    offload = recipe.max_memory is not None  # load in RAM, then let accelerate offload what does not fit
-    if model is None:
-        loaded = load(
-            recipe.model, device="cpu" if offload else recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager
-        )
-    else:
-        loaded = model if isinstance(model, LoadedModel) else wrap(model, recipe.adapter, manager)
-    if offload:
-        dispatch(loaded, max_memory=recipe.max_memory, offload_folder=recipe.offload_folder, device=recipe.device)
+    loaded = load_for(recipe, manager, model=model)
     load_seconds = time.perf_counter() - started
     before = parts.evaluator.evaluate(loaded) if parts.evaluator else None
-    spec = PruneSpec(
-        scorer=parts.scorer,
-        allocator=parts.allocator,
-        applier=parts.applier,
-        sparsity=recipe.sparsity,
-        granularity=recipe.granularity,
-        targets=recipe.targets,
-        exclude=recipe.exclude,
-        calibration=_calibration(loaded, parts.calibration, calibration),
-        reference=_reference(recipe, manager),
-        seed=recipe.seed,
-        progress=progress,
-    )
+    spec = spec_for(recipe, parts, loaded, calibration=calibration, progress=progress, manager=manager)
     result = prune_model(loaded, spec)
     result.timings["load"] = load_seconds
     result.recipe = recipe.to_dict()

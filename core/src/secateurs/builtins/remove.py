@@ -16,7 +16,7 @@ from typing import ClassVar
 import attrs
 import torch
 
-from secateurs.builtins.appliers import group_masks
+from secateurs.builtins.appliers import ZeroApplier, group_masks
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
 from secateurs.protocols import UNSTRUCTURED, BlockContext, ResizingAdapter
@@ -39,6 +39,10 @@ class RemoveApplier:
                 "the 'remove' applier removes structured components: set the recipe's "
                 "granularity to a group kind (heads, neurons, channels), or use the 'zero' applier"
             )
+
+    def in_place(self) -> ZeroApplier:
+        """Zeroing the same components gives the same outputs and keeps shapes (trials)."""
+        return ZeroApplier()
 
     def apply(
         self, block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext

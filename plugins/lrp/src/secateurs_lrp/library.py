@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from secateurs.errors import SecateursError
-from secateurs.outputs import atomic_file
+from secateurs.outputs import write_json
 from secateurs_lrp.composites import CompositeSpec, zennit_composites
 
 CONFIG_ENV = "SECATEURS_CONFIG"
@@ -80,13 +80,6 @@ def resolve_composite(value: str | Mapping[str, Any] | CompositeSpec) -> Composi
         f"unknown composite {value!r}. Presets: {', '.join(PRESETS)}; zennit: {', '.join(zennit_names)}; "
         f"saved ({composites_dir()}): {', '.join(saved_names()) or 'none'}; or a path to a .json file"
     )
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as JSON atomically (temp file + rename)."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-    return path
 
 
 def save_composite(name: str, spec: CompositeSpec, record: Mapping[str, Any] | None = None) -> Path:

@@ -1,5 +1,5 @@
 """secateurs plugin entry point: the ``lrp`` and ``taylor`` scorers and the
-``prune-curve`` / ``lrp-tune`` commands."""
+``lrp-tune`` command (``prune-curve`` is the core's)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ def secateurs_register_scorers(register) -> None:
 
 @hookimpl
 def secateurs_register_commands(cli) -> None:
-    from secateurs_lrp.commands import lrp_tune_command, prune_curve_command
+    from secateurs_lrp.commands import lrp_tune_command
 
-    prune_curve_command(cli)
     lrp_tune_command(cli)

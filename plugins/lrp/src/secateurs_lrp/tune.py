@@ -17,10 +17,10 @@ from typing import Any
 import attrs
 import optuna
 
+from secateurs.curve import CurveSetup, pruning_curve
 from secateurs.errors import SecateursError
 from secateurs_lrp.zoos import has_attention
 from secateurs_lrp.composites import GROUPS, RULES, CompositeSpec
-from secateurs_lrp.curve import CurveParts, pruning_curve
 from secateurs_lrp.library import PRESETS
 
 RULE_CHOICES = tuple(RULES)
@@ -73,7 +73,7 @@ class TuneResult:
 
 
 def tune(
-    parts: CurveParts,
+    setup: CurveSetup,
     make_scorer: Callable[[CompositeSpec], Any],
     *,
     trials: int,
@@ -87,7 +87,7 @@ def tune(
         raise SecateursError(f"the trial budget must be a positive integer, got {trials!r}")
     if sampler not in SAMPLERS:
         raise SecateursError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
-    attention = has_attention(parts.loaded.model)
+    attention = has_attention(setup.loaded.model)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     chooser = optuna.samplers.TPESampler(seed=seed) if sampler == "tpe" else optuna.samplers.GPSampler(seed=seed)
     study = optuna.create_study(direction="maximize", sampler=chooser)
@@ -97,7 +97,7 @@ def tune(
 
     def objective(trial: optuna.Trial) -> float:
         spec = suggest(trial, attention)
-        curve = pruning_curve(parts, rates, scorer=make_scorer(spec))
+        curve = pruning_curve(setup, rates, scorer=make_scorer(spec))
         trial.set_user_attr("composite", spec.to_dict())
         trial.set_user_attr("values", curve.values)
         return curve.area

@@ -1,7 +1,4 @@
-"""Checks for adapter and plugin authors, shipped with the core.
-
-``quiet_spec(...)``: a ``PruneSpec`` built from registered part names, without progress
-bars, for tests.
+"""The adapter invariant, for adapter authors.
 
 ``propagation_error(loaded, batches)``: the propagation invariant every adapter must
 satisfy — with nothing pruned, the hidden state the pipeline feeds block ``i`` equals the
@@ -19,35 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from secateurs.pipeline import PruneSpec, prune_model
-from secateurs.plugins import PluginManager, get_manager
-from secateurs.protocols import UNSTRUCTURED, LoadedModel
-
-
-def quiet_spec(
-    applier: str = "zero",
-    granularity: str = UNSTRUCTURED,
-    *,
-    scorer: str = "magnitude",
-    sparsity: float = 0.5,
-    allocator: str = "uniform",
-    calibration: Sequence[Any] | None = None,
-    applier_params: dict[str, Any] | None = None,
-    allocator_params: dict[str, Any] | None = None,
-    manager: PluginManager | None = None,
-) -> PruneSpec:
-    """A pruning run of registered parts (from ``manager``, default: the installed
-    plugins) that shows no progress bars."""
-    m = manager or get_manager()
-    return PruneSpec(
-        scorer=m.scorers.create(scorer),
-        allocator=m.allocators.create(allocator, **(allocator_params or {})),
-        applier=m.appliers.create(applier, **(applier_params or {})),
-        sparsity=sparsity,
-        granularity=granularity,
-        calibration=None if calibration is None else list(calibration),
-        progress=False,
-    )
+from secateurs.pipeline import prune_model
+from secateurs.protocols import LoadedModel
+from secateurs.testing.checks import quiet_spec
 
 
 def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
