@@ -12,6 +12,7 @@ from torch import nn
 
 from secateurs.types import Block, Group, Unit
 from secateurs_timm.base import TimmAdapter, channel_group, unit
+from secateurs_timm.views import view
 
 
 def _convs(module: nn.Module) -> list[nn.Conv2d]:
@@ -39,9 +40,15 @@ def _inner_groups(names: dict[nn.Module, str], block: nn.Module) -> tuple[Group,
 
 class ResNetLayout(TimmAdapter):
     """Base of the ResNet adapters: subclasses set ``model_class``, ``block_types`` (the
-    residual block classes) and the views ``_stem`` and ``_head``."""
+    residual block classes), ``stem`` and ``head``."""
 
     block_types: tuple[type[nn.Module], ...] = ()
+    stem: tuple[str, ...] = ()
+    """The attribute names of the stem's modules in order (convolution, norm, activation, pooling)."""
+
+    def head(self, model: nn.Module) -> list[nn.Module]:
+        """The head's modules in order: pooling (and flattening), then ``fc``."""
+        raise NotImplementedError
 
     def supports(self, model: nn.Module) -> bool:
         return isinstance(model, self.model_class) and all(
@@ -71,9 +78,7 @@ class ResNetLayout(TimmAdapter):
         return [self._stem(model), *self._residual(model), self._head(model)]
 
     def _stem(self, model: nn.Module) -> nn.Module:
-        """The view of the stem: convolution, norm, activation, pooling."""
-        raise NotImplementedError
+        return view(model, "stem", [getattr(model, name) for name in self.stem])
 
     def _head(self, model: nn.Module) -> nn.Module:
-        """The view of the head: pooling (and flattening) then ``fc``."""
-        raise NotImplementedError
+        return view(model, "head", self.head(model))

@@ -19,7 +19,6 @@ from secateurs.types import Block, Group
 from secateurs_timm.base import TimmAdapter, slices, unit
 from secateurs_timm.resnet import ResNetLayout
 from secateurs_timm.vgg import VGGLayout
-from secateurs_timm.views import view
 
 
 def _plain(block: nn.Module) -> bool:
@@ -90,12 +89,10 @@ class ResNetAdapter(ResNetLayout):
     model_class = resnet.ResNet
     families = ("timm.models.resnet",)
     block_types = (resnet.BasicBlock, resnet.Bottleneck)
+    stem = ("conv1", "bn1", "act1", "maxpool")
 
-    def _stem(self, model: nn.Module) -> nn.Module:
-        return view(model, "stem", [model.conv1, model.bn1, model.act1, model.maxpool])
-
-    def _head(self, model: nn.Module) -> nn.Module:
-        return view(model, "head", [model.global_pool, model.fc])
+    def head(self, model: nn.Module) -> list[nn.Module]:
+        return [model.global_pool, model.fc]
 
 
 ADAPTERS: tuple[type[TimmAdapter], ...] = (ViTAdapter, VGGAdapter, ResNetAdapter)

@@ -26,7 +26,6 @@ from secateurs_timm.mha import ExplicitMultiheadAttention, make_explicit
 from secateurs_timm.resnet import ResNetLayout
 from secateurs_timm.tvspec import TorchvisionSpec, infer_torchvision_spec
 from secateurs_timm.vgg import VGGLayout
-from secateurs_timm.views import view
 
 FLATTEN = nn.Flatten(1)
 """The ``torch.flatten(x, 1)`` of torchvision's forwards, as a (stateless, shared) module for views."""
@@ -54,12 +53,10 @@ class TorchvisionResNetAdapter(_Torchvision, ResNetLayout):
     model_class = tv_resnet.ResNet
     families = ("torchvision.models.resnet",)
     block_types = (tv_resnet.BasicBlock, tv_resnet.Bottleneck)
+    stem = ("conv1", "bn1", "relu", "maxpool")
 
-    def _stem(self, model: nn.Module) -> nn.Module:
-        return view(model, "stem", [model.conv1, model.bn1, model.relu, model.maxpool])
-
-    def _head(self, model: nn.Module) -> nn.Module:
-        return view(model, "head", [model.avgpool, FLATTEN, model.fc])
+    def head(self, model: nn.Module) -> list[nn.Module]:
+        return [model.avgpool, FLATTEN, model.fc]
 
 
 def head_group(names: dict[nn.Module, str], attn: ExplicitMultiheadAttention) -> Group:
