@@ -78,7 +78,7 @@ def test_model_built_outside_secateurs_saves_with_an_inferred_spec(tmp_path):
     import timm
 
     from secateurs.protocols import LoadedModel
-    from secateurs_timm.vit import ViTAdapter
+    from secateurs_timm.timm_adapters import ViTAdapter
 
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, depth=2, embed_dim=32,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
 from secateurs.errors import SecateursError
 from secateurs.protocols import LoadedModel
 from secateurs.types import Block, Group, ParamSlice, Unit
+from secateurs_timm.optional import require_timm
 from secateurs_timm.shapes import sync_attributes
 from secateurs_timm.spec import infer_spec
 from secateurs_timm.storage import (
@@ -157,7 +157,8 @@ class TimmAdapter:
             if "torchvision_model" in description:
                 module = spec_from_json(description).module
             else:
-                module = timm.models.model_entrypoint(description["timm_model"]).__module__
+                timmlib = require_timm(f"the timm model saved in {path}")
+                module = timmlib.architecture_module(description["timm_model"])
         except SecateursError as exc:
             return str(exc)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:

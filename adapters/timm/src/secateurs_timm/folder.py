@@ -6,9 +6,10 @@ sorted folder names, indices 0, 1, ...), or a flat folder with a labels file (CS
 rows ``filename,label``, an optional header; labels are class indices, or class names
 then indexed in sorted order). Images are preprocessed as the model expects: timm models
 with timm's own eval transform (``resolve_data_config`` / ``create_transform``) at the
-model's input size; other models (torchvision) resize the short side to ``size / 0.875``,
-centre-crop ``size`` and normalise with ``mean`` / ``std`` (ImageNet's by default). Giving
-``size``, ``mean`` or ``std`` uses that recipe for timm models too.
+model's input size; other models (torchvision: no timm needed) resize the short side to
+``size / 0.875``, centre-crop ``size`` (the spec's input size by default) and normalise
+with ``mean`` / ``std`` (ImageNet's by default), as torchvision's weights transforms do.
+Giving ``size``, ``mean`` or ``std`` uses that recipe for timm models too.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from typing import Any
 import attrs
 import torch
 from PIL import Image
-from timm.data import create_transform, resolve_data_config
 from torchvision import transforms
 
 from secateurs.errors import SecateursError
 from secateurs.protocols import LoadedModel
 from secateurs.validators import optional, positive_int
 from secateurs_timm.base import spec_of
+from secateurs_timm.optional import require_timm
 from secateurs_timm.shapes import head_classes
 from secateurs_timm.train import top1
 
@@ -115,10 +116,11 @@ class Preprocessing:
         mode = "L" if channels == 1 else "RGB"
         explicit = (self.size, self.mean, self.std) != (None, None, None)
         if getattr(loaded.model, "pretrained_cfg", None) and not explicit:
-            cfg = resolve_data_config({}, model=loaded.model)
+            timmlib = require_timm("timm's eval transform")
+            cfg = timmlib.resolve_data_config({}, model=loaded.model)
             cfg["input_size"] = (channels, height, height)
             cfg["mean"], cfg["std"] = _channels(cfg["mean"], channels), _channels(cfg["std"], channels)
-            return create_transform(**cfg), mode
+            return timmlib.create_transform(**cfg), mode
         size = self.size or height
         mean = _channels(self.mean or IMAGENET_MEAN, channels)
         std = _channels(self.std or IMAGENET_STD, channels)

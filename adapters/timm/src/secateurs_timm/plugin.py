@@ -1,11 +1,17 @@
 """secateurs plugin of the timm and torchvision adapters (ViT, VGG, ResNet), image data
-(Fashion-MNIST, image folders), accuracy evaluators and the Fashion-MNIST models."""
+(Fashion-MNIST, image folders), accuracy evaluators and the Fashion-MNIST models.
+
+The timm adapters are registered only when timm is installed; without it their names
+refuse with the line saying how to install it (``secateurs_timm.adapters.TimmMissing``), as
+do the Fashion-MNIST models, which are timm models."""
 
 from __future__ import annotations
 
+import functools
+
 from secateurs.hookspecs import hookimpl
 from secateurs.protocols import PackagedModel
-from secateurs_timm.adapters import ADAPTERS
+from secateurs_timm.adapters import ADAPTERS, MISSING, TimmMissing
 from secateurs_timm.folder import ImageFolderAccuracy, ImageFolderCalibration
 from secateurs_timm.vision import AccuracyEvaluator, ImageCalibration
 from secateurs_timm.zoo import ZOO, fashion_mnist_model
@@ -15,6 +21,8 @@ from secateurs_timm.zoo import ZOO, fashion_mnist_model
 def secateurs_register_adapters(register) -> None:
     for name, adapter in ADAPTERS.items():
         register(name, adapter)
+    for name in MISSING:
+        register(name, functools.partial(TimmMissing, name))
 
 
 @hookimpl

@@ -1,5 +1,5 @@
-"""timm ``ResNet`` with BasicBlock / Bottleneck: blocks = stem, every residual block, head
-(the torchvision ResNet adapter subclasses it: the block layouts share their names).
+"""The ResNet layout of the timm and torchvision ResNet adapters (BasicBlock / Bottleneck):
+blocks = stem, every residual block, head (both libraries' block layouts share their names).
 
 Groups "channels" cover only a residual block's inner channels (BasicBlock: conv1 → bn1
 → conv2 input; Bottleneck: conv1 and conv2 likewise); the residual width is shared by
@@ -8,7 +8,6 @@ every block of a stage and the stem, so it is not a group.
 
 from __future__ import annotations
 
-from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from secateurs.types import Block, Group, Unit
@@ -39,11 +38,17 @@ def _inner_groups(names: dict[nn.Module, str], block: nn.Module) -> tuple[Group,
     )
 
 
-class ResNetAdapter(TimmAdapter):
-    name = "resnet"
-    model_class = ResNet
-    families = ("timm.models.resnet",)
-    block_types: tuple[type[nn.Module], ...] = (BasicBlock, Bottleneck)
+class ResNetLayout(TimmAdapter):
+    """Base of the ResNet adapters: subclasses set ``model_class``, ``block_types`` (the
+    residual block classes), ``stem`` and ``head``."""
+
+    block_types: tuple[type[nn.Module], ...] = ()
+    stem: tuple[str, ...] = ()
+    """The attribute names of the stem's modules in order (convolution, norm, activation, pooling)."""
+
+    def head(self, model: nn.Module) -> list[nn.Module]:
+        """The head's modules in order: pooling (and flattening), then ``fc``."""
+        raise NotImplementedError
 
     def supports(self, model: nn.Module) -> bool:
         return isinstance(model, self.model_class) and all(
@@ -73,7 +78,7 @@ class ResNetAdapter(TimmAdapter):
         return [self._stem(model), *self._residual(model), self._head(model)]
 
     def _stem(self, model: nn.Module) -> nn.Module:
-        return view(model, "stem", [model.conv1, model.bn1, model.act1, model.maxpool])
+        return view(model, "stem", [getattr(model, name) for name in self.stem])
 
     def _head(self, model: nn.Module) -> nn.Module:
-        return view(model, "head", [model.global_pool, model.fc])
+        return view(model, "head", self.head(model))

@@ -1,6 +1,6 @@
-"""Keep a timm model's module attributes consistent with its tensor shapes.
+"""Keep a timm or torchvision model's module attributes consistent with its tensor shapes.
 
-Structured removal slices tensors; timm modules also carry sizes as attributes
+Structured removal slices tensors; modules also carry sizes as attributes
 (``Attention.num_heads``, ``Conv2d.out_channels``...) that their forward reads.
 ``sync_attributes`` rewrites them from the tensors; ``resize_to`` gives a freshly
 created model the recorded shapes of a shrunk one, so its state loads.
@@ -10,52 +10,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from timm.layers import Attention, ClassifierHead
 from torch import nn
 
 from secateurs.errors import SecateursError
 from secateurs.structured import resize_tensor, sync_sizes
 from secateurs_timm.mha import ExplicitMultiheadAttention
+from secateurs_timm.optional import TIMM
 
 
 def sync_attributes(model: nn.Module) -> None:
     """Rewrite size attributes of every module from its current tensors (idempotent):
-    standard layers (``secateurs.structured.sync_sizes``), then timm's attention head
-    counts (and torchvision's explicit attention's), classifier-head widths and model-level
-    feature counts."""
+    standard layers (``secateurs.structured.sync_sizes``), torchvision's explicit
+    attention's head counts, timm's own attributes when timm is installed
+    (``secateurs_timm.timmlib.sync_attributes``) and VGG's ``num_features``."""
     for module in model.modules():
         sync_sizes(module)
     for module in model.modules():
-        if isinstance(module, Attention):
-            _sync_attention(module)
-        elif isinstance(module, ExplicitMultiheadAttention):
+        if isinstance(module, ExplicitMultiheadAttention):
             module.sync()
-        elif isinstance(module, ClassifierHead) and isinstance(module.fc, nn.Linear):
-            module.in_features = module.num_features = module.fc.in_features
-    _sync_model(model)
+    if TIMM is not None:
+        TIMM.sync_attributes(model)
+    _sync_features(model)
 
 
-def _sync_attention(attn: Attention) -> None:
-    attn_dim = attn.proj.in_features
-    if attn_dim % attn.head_dim:
-        raise SecateursError(
-            f"attention output width {attn_dim} is not a multiple of head_dim {attn.head_dim}: "
-            "heads must be removed whole"
-        )
-    attn.attn_dim = attn_dim
-    attn.num_heads = attn_dim // attn.head_dim
-
-
-def _sync_model(model: nn.Module) -> None:
-    """Model-level widths timm keeps for reference (VGG ``num_features``, heads)."""
+def _sync_features(model: nn.Module) -> None:
+    """The feature count timm's VGG keeps for reference (``num_features``)."""
     features = getattr(model, "features", None)
     if isinstance(features, nn.Sequential) and hasattr(model, "num_features"):
         convs = [m for m in features if isinstance(m, nn.Conv2d)]
         if convs:
             model.num_features = convs[-1].out_channels
-    head = getattr(model, "head", None)
-    if isinstance(head, ClassifierHead) and hasattr(model, "head_hidden_size"):
-        model.head_hidden_size = head.num_features
 
 
 def resize_to(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> None:

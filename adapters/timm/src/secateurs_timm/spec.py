@@ -4,6 +4,7 @@ named architecture patches, and the input it expects.
 A ``TimmSpec`` is what the saved JSON records (with the tensor shapes, see
 ``secateurs_timm.storage``), so a model rebuilds with ``timm.create_model`` alone.
 Patches cover the few edits timm has no keyword for (a CIFAR-style ResNet stem).
+Describing a model needs no timm; creating one does (the ``timm`` extra).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-import timm
 from torch import nn
 
 from secateurs.errors import SecateursError
+from secateurs_timm.optional import require_timm
 
 
 def cifar_stem(model: nn.Module) -> None:
@@ -50,12 +51,14 @@ class TimmSpec:
     input_size: tuple[int, int, int] = attrs.field(default=(3, 224, 224), converter=tuple)
 
     def create(self) -> nn.Module:
-        """A freshly initialised model of this spec (no pretrained weights), in eval mode."""
+        """A freshly initialised model of this spec (no pretrained weights), in eval mode;
+        a ``SecateursError`` when timm is not installed."""
         unknown = [p for p in self.patches if p not in PATCHES]
         if unknown:
             raise SecateursError(f"unknown timm patches {unknown}; known: {sorted(PATCHES)}")
+        timmlib = require_timm(f"the timm model {self.name!r}")
         try:
-            model = timm.create_model(self.name, pretrained=False, **self.kwargs)
+            model = timmlib.create_model(self.name, self.kwargs)
         except (RuntimeError, TypeError, ValueError) as exc:
             raise SecateursError(f"timm could not create {self.name!r} with {self.kwargs}: {exc}") from exc
         for patch in self.patches:

@@ -1,5 +1,6 @@
 """torchvision VGG, ResNet and ViT: the timm adapters' block layouts and groups on
-torchvision's module names, saved and reloaded as the same torchvision classes.
+torchvision's module names, saved and reloaded as the same torchvision classes (no timm
+needed).
 
 - ``torchvision-vgg``: stages of ``features``, then ``avgpool`` + flatten + ``classifier``;
   the last conv's channel group owns its ``7 x 7`` block of input columns of the first
@@ -22,10 +23,9 @@ from torchvision.models import vision_transformer as tv_vit
 from secateurs.types import Block, Group
 from secateurs_timm.base import TimmAdapter, slices, unit
 from secateurs_timm.mha import ExplicitMultiheadAttention, make_explicit
-from secateurs_timm.resnet import ResNetAdapter
+from secateurs_timm.resnet import ResNetLayout
 from secateurs_timm.tvspec import TorchvisionSpec, infer_torchvision_spec
-from secateurs_timm.vgg import VGGAdapter
-from secateurs_timm.views import view
+from secateurs_timm.vgg import VGGLayout
 
 FLATTEN = nn.Flatten(1)
 """The ``torch.flatten(x, 1)`` of torchvision's forwards, as a (stateless, shared) module for views."""
@@ -38,7 +38,7 @@ class _Torchvision:
         return infer_torchvision_spec(model)
 
 
-class TorchvisionVGGAdapter(_Torchvision, VGGAdapter):
+class TorchvisionVGGAdapter(_Torchvision, VGGLayout):
     name = "torchvision-vgg"
     model_class = tv_vgg.VGG
     families = ("torchvision.models.vgg",)
@@ -48,17 +48,15 @@ class TorchvisionVGGAdapter(_Torchvision, VGGAdapter):
         return [model.avgpool, FLATTEN, model.classifier], layers
 
 
-class TorchvisionResNetAdapter(_Torchvision, ResNetAdapter):
+class TorchvisionResNetAdapter(_Torchvision, ResNetLayout):
     name = "torchvision-resnet"
     model_class = tv_resnet.ResNet
     families = ("torchvision.models.resnet",)
     block_types = (tv_resnet.BasicBlock, tv_resnet.Bottleneck)
+    stem = ("conv1", "bn1", "relu", "maxpool")
 
-    def _stem(self, model: nn.Module) -> nn.Module:
-        return view(model, "stem", [model.conv1, model.bn1, model.relu, model.maxpool])
-
-    def _head(self, model: nn.Module) -> nn.Module:
-        return view(model, "head", [model.avgpool, FLATTEN, model.fc])
+    def head(self, model: nn.Module) -> list[nn.Module]:
+        return [model.avgpool, FLATTEN, model.fc]
 
 
 def head_group(names: dict[nn.Module, str], attn: ExplicitMultiheadAttention) -> Group:

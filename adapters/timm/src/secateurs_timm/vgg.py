@@ -1,11 +1,10 @@
-"""timm ``VGG``: one block per conv stage (a conv with the BatchNorm, ReLU and pooling
-after it) and one for the classifier (pre-logits ConvMlp + head). Groups "channels": a
-conv's output channels with its BatchNorm and the next conv's (or linear's) inputs. The
-torchvision VGG adapter subclasses it with its own classifier (``classifier``)."""
+"""The VGG layout of the timm and torchvision VGG adapters: one block per conv stage (a conv
+with the BatchNorm, ReLU and pooling after it) and one for the classifier (each library's
+own, ``classifier``). Groups "channels": a conv's output channels with its BatchNorm and
+the next conv's (or linear's) inputs."""
 
 from __future__ import annotations
 
-from timm.models.vgg import VGG, ConvMlp
 from torch import nn
 
 from secateurs.types import Block
@@ -14,8 +13,8 @@ from secateurs_timm.views import view
 
 
 def stages(features: nn.Sequential) -> list[list[nn.Module]]:
-    """Split ``features`` before every conv (modules before the first conv, which timm's
-    VGG does not have, form a run of their own)."""
+    """Split ``features`` before every conv (modules before the first conv, which neither
+    library's VGG has, form a run of their own)."""
     runs: list[list[nn.Module]] = []
     for module in features:
         if isinstance(module, nn.Conv2d) or not runs:
@@ -29,19 +28,13 @@ def _norm(run: list[nn.Module]) -> nn.Module | None:
     return next((m for m in run[1:] if isinstance(m, nn.BatchNorm2d)), None)
 
 
-class VGGAdapter(TimmAdapter):
-    name = "vgg"
-    model_class = VGG
-    families = ("timm.models.vgg",)
+class VGGLayout(TimmAdapter):
+    """Base of the VGG adapters: subclasses set ``model_class`` and ``classifier``."""
 
     def classifier(self, model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
         """The head block's modules in order, and its prunable layers in data-flow order
         (each one's outputs feed the next; the first takes the last conv's channels)."""
-        pre = model.pre_logits if isinstance(model.pre_logits, ConvMlp) else None
-        layers = [pre.fc1, pre.fc2] if pre is not None else []
-        if isinstance(model.head.fc, nn.Linear):
-            layers.append(model.head.fc)
-        return ([pre] if pre is not None else []) + [model.head], layers
+        raise NotImplementedError
 
     def _views(self, model: nn.Module) -> tuple[list[list[nn.Module]], list[nn.Module]]:
         """The stages (module runs) and the block modules: one view per stage, then the head."""

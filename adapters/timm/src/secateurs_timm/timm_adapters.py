@@ -1,15 +1,24 @@
-"""timm ``VisionTransformer``: blocks = ``model.blocks``; units qkv, proj, fc1, fc2;
-groups "heads" (a head's q, k, v rows of the fused qkv + its proj input columns) and
-"neurons" (an fc1 row and bias + the fc2 column)."""
+"""The timm adapters (imported only when timm is installed, ``secateurs_timm.optional``).
+
+- ``vit``: timm ``VisionTransformer``: blocks = ``model.blocks``; units qkv, proj, fc1, fc2;
+  groups "heads" (a head's q, k, v rows of the fused qkv + its proj input columns) and
+  "neurons" (an fc1 row and bias + the fc2 column).
+- ``vgg``: timm ``VGG`` on the VGG layout (``secateurs_timm.vgg``), its classifier the
+  pre-logits ``ConvMlp`` and the head.
+- ``resnet``: timm ``ResNet`` on the ResNet layout (``secateurs_timm.resnet``).
+"""
 
 from __future__ import annotations
 
 from timm.layers import Attention, Mlp
+from timm.models import resnet, vgg
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from secateurs.types import Block, Group
 from secateurs_timm.base import TimmAdapter, slices, unit
+from secateurs_timm.resnet import ResNetLayout
+from secateurs_timm.vgg import VGGLayout
 
 
 def _plain(block: nn.Module) -> bool:
@@ -60,3 +69,30 @@ class ViTAdapter(TimmAdapter):
             groups = (head_group(names, attn), neuron_group(names, mlp))
             out.append(Block(names[block], index, block, units, groups))
         return out
+
+
+class VGGAdapter(VGGLayout):
+    name = "vgg"
+    model_class = vgg.VGG
+    families = ("timm.models.vgg",)
+
+    def classifier(self, model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+        pre = model.pre_logits if isinstance(model.pre_logits, vgg.ConvMlp) else None
+        layers = [pre.fc1, pre.fc2] if pre is not None else []
+        if isinstance(model.head.fc, nn.Linear):
+            layers.append(model.head.fc)
+        return ([pre] if pre is not None else []) + [model.head], layers
+
+
+class ResNetAdapter(ResNetLayout):
+    name = "resnet"
+    model_class = resnet.ResNet
+    families = ("timm.models.resnet",)
+    block_types = (resnet.BasicBlock, resnet.Bottleneck)
+    stem = ("conv1", "bn1", "act1", "maxpool")
+
+    def head(self, model: nn.Module) -> list[nn.Module]:
+        return [model.global_pool, model.fc]
+
+
+ADAPTERS: tuple[type[TimmAdapter], ...] = (ViTAdapter, VGGAdapter, ResNetAdapter)
