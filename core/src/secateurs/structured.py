@@ -8,8 +8,8 @@ Removal API (used by the ``remove`` applier and by adapters)::
 
     touched = remove_components([(group, keep), ...])   # keep: bool [group.size]
 
-slices every coupled tensor in place (several slices of one tensor — fused ``qkv`` —
-are cut together), then rewrites the size attributes of the touched standard modules
+slices every coupled tensor in place (several slices of one tensor, such as a fused query/key/value
+weight, are cut together), then rewrites the size attributes of the touched standard modules
 (``sync_sizes``: ``nn.Linear``, ``nn.Conv*``, ``nn.BatchNorm*``, ``nn.LayerNorm``).
 Modules keep their identity (their parameters are replaced, not the modules), so every
 ``Unit``/``Group``/hook that refers to them stays valid; architecture attributes beyond

@@ -18,10 +18,10 @@ from torch import nn
 class Unit:
     """One prunable parameter of a model.
 
-    ``name`` is the qualified module path (``model.layers.0.self_attn.q_proj``); the pruned
+    ``name`` is the qualified module path (``model.layers.0.attention.query``); the pruned
     tensor is ``getattr(module, param)``. Rows are ``weight[r]`` (one output unit: its
     incoming weights, flattened for convolutions); 1-D tensors are a single row.
-    ``role`` is the architecture role the adapter gives it (``q_proj``, ``fc1``, ``conv``...).
+    ``role`` is the architecture role the adapter gives it (``query``, ``mlp-in``, ``conv``...).
     ``name`` is unique within a run; when it is not the module path (units made from
     parameter names, one per tensor), ``module_path`` holds the module path.
 
@@ -82,7 +82,7 @@ class ParamSlice:
     """The span of ``getattr(module, param)`` along ``dim`` that a group's components share.
 
     The span is entries ``[start, start + length)`` (``length=None``: to the end of the
-    dimension), so one fused tensor can hold several spans: timm's ``qkv`` weight gives a
+    dimension), so one fused tensor can hold several spans: a fused query/key/value weight gives a
     head's group three slices, at ``start`` 0, ``dim`` and ``2 * dim``.
     """
 
@@ -110,8 +110,8 @@ class Group:
 
     Component ``c`` owns entries ``[start + c * width, start + (c + 1) * width)`` along
     ``slice.dim`` of every coupled slice, where ``width = slice.span // size`` (a head owns
-    ``head_dim`` rows of q/k/v; a neuron one row of ``fc1`` and one column of ``fc2``).
-    Several slices may lie in one tensor (fused ``qkv``): index them all before removing.
+    ``head_dim`` rows of q/k/v; a neuron one row of the MLP's input layer and one column of its output layer).
+    Several slices may lie in one tensor (fused query/key/value): index them all before removing.
     ``kind`` is ``"heads"``, ``"neurons"`` or ``"channels"``.
     """
 

@@ -7,6 +7,7 @@ Each ``check_*`` raises ``AssertionError`` saying what is wrong, and returns the
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,7 +65,7 @@ def assert_implements(part: object, protocol: type) -> None:
     for declared in (protocol, *OPTIONAL.get(protocol, ())):
         for name, member in vars(declared).items():
             if callable(member) and not name.startswith("_") and hasattr(part, name):
-                assert callable(getattr(part, name)), (
+                assert callable(inspect.getattr_static(part, name)), (
                     f"{type(part).__name__}.{name} is not callable, but {declared.__name__} declares it a method"
                 )
 

@@ -8,8 +8,8 @@ batched attribution pass over it, and caches one score per component of every gr
 the model. ``score_group`` then serves the cache by group name.
 
 Where a group is read: conv output channels and MLP neurons at the output of the
-group's producing layer (its first slice, on dim 0: the conv or ``fc1``); attention
-heads at the softmax output of the attention whose ``qkv`` the group slices.
+group's producing layer (its first slice, on dim 0: the conv or the MLP's input layer); attention
+heads at the softmax output of the attention whose query/key/value projection the group slices.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def probe_resolver(model: nn.Module, groups: Sequence[Group]) -> Callable[[nn.Mo
     """Group name → the module whose output is read, resolved when called (inside the
     canonizers, which add the attention probes)."""
     attention, projections = gathered("ATTENTION"), gathered("ATTENTION_PROJECTIONS")
-    by_qkv = {  # fused projection (as each zoo declares it) → its attention
+    by_projection = {  # fused projection (as each zoo declares it) → its attention
         id(getattr(m, attr)): m
         for m in model.modules() if isinstance(m, attention)
         for attr in projections if isinstance(getattr(m, attr, None), nn.Module)
@@ -47,9 +47,9 @@ def probe_resolver(model: nn.Module, groups: Sequence[Group]) -> Callable[[nn.Mo
     for group in groups:
         first = group.slices[0]
         if group.kind == "heads":
-            owner = by_qkv.get(id(first.module))
+            owner = by_projection.get(id(first.module))
             if owner is None:
-                raise SecateursError(f"group {group.name!r}: no attention module owns its qkv projection")
+                raise SecateursError(f"group {group.name!r}: no attention module owns its query/key/value projection")
             targets[group.name] = (owner, True)
         elif first.dim == 0:
             targets[group.name] = (first.module, False)
@@ -161,7 +161,7 @@ class LrpScorer(AttributionScorer):
                 if bad:
                     raise SecateursError(
                         f"the LRP composite cannot handle these layers of the model: {', '.join(bad)}; "
-                        "supported: timm and torchvision VGG, ResNet (BasicBlock/Bottleneck) and plain ViT blocks"
+                        "supported: timm and torchvision VGG, ResNet (basic and bottleneck blocks) and plain ViT blocks"
                     )
                 yield model
 

@@ -9,7 +9,7 @@
 * row step (when it applies, see ``row_step``): for each linear of every block but the
   last, per-row sparsity from the winning candidate's alignment vector of the linear that
   consumes its outputs (``consumers``); producers of a consumer whose rows do not match
-  its inputs one to one (grouped-query attention: q, k and v under ``o_proj``) keep
+  its inputs one to one (grouped-query attention: query, key and value under the attention output) keep
   uniform rows. Every ``λ`` of the row grid is scored the same way; ``λ = 0`` (uniform
   rows) is the block step's winner and is not evaluated again.
 
@@ -218,7 +218,7 @@ class NeuroALAllocator:
                 producers.setdefault(consumer.name, []).append(unit)
             for consumer_name, units in producers.items():
                 v = chosen.vectors[consumer_name]
-                if any(u.rows != v.numel() for u in units):  # e.g. GQA: k/v rows ≠ o_proj inputs
+                if any(u.rows != v.numel() for u in units):  # e.g. GQA: key/value rows ≠ the attention output's inputs
                     continue
                 ratios = row_ratios(v, float(ramp[block.index]), lam, *self.clip)
                 if ratios is not None:
