@@ -97,6 +97,14 @@ def test_model_no_adapter_supports_is_refused_listing_adapters(tmp_path, text_fi
     assert code == 2 and "no installed adapter supports" in err and "llama" in err and "Writing an architecture adapter" in err
 
 
+def test_a_named_adapter_that_cannot_load_the_model_is_one_line(tmp_path, text_file, capsys):
+    folder = tmp_path / "mystery"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"\0")
+    code, _, err = run_cli(["prune", str(_recipe(tmp_path, folder, text_file)), "--set", "adapter=llama"], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"the 'llama' adapter cannot take the model at {folder}" in err
+
+
 def test_non_empty_output_needs_overwrite(tmp_path, tiny_lm_dir, text_file, capsys):
     """A folder secateurs wrote is replaced only with --overwrite (tests/core/test_reliability.py:
     a folder it did not write never is)."""
@@ -158,3 +166,17 @@ def test_console_script_exits_non_zero_on_bad_input(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_prune_curve_of_a_language_model(tmp_path, tiny_lm_dir, text_file, capsys):
+    from secateurs.run import evaluate
+
+    recipe = _recipe(tmp_path, tiny_lm_dir, text_file, top={"allocator": "owl"})
+    code, out, err = run_cli(["prune-curve", str(recipe), "--rates", "0,50,90", "--metric", "perplexity", "-q"], capsys)
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines()[1:4]]
+    assert [row[0] for row in rows] == ["0%", "50%", "90%"]
+    dense = evaluate(tiny_lm_dir, "perplexity", corpus=str(text_file), seqlen=64, max_windows=4)["perplexity"]
+    perplexities = [float(row[1]) for row in rows]
+    assert perplexities[0] == pytest.approx(dense, rel=1e-4)  # rate 0 is the dense model (OWL needs no zero target)
+    assert all(p != pytest.approx(dense, rel=1e-4) for p in perplexities[1:])

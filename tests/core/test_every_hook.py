@@ -243,7 +243,7 @@ def test_a_structured_refusal_says_why(optional_manager, tmp_path):
 
 
 def test_adapter_explanations_name_why_they_decline(optional_manager, tmp_path):
-    with pytest.raises(SecateursError, match="mlp-explaining: only MLP stacks here"):
+    with pytest.raises(SecateursError, match="the .mlp-explaining. adapter cannot take Linear: only MLP stacks here"):
         find_adapter(nn.Linear(2, 2), "mlp-explaining", optional_manager)
-    with pytest.raises(SecateursError, match="mlp-explaining: never loads folders"):
+    with pytest.raises(SecateursError, match="the .mlp-explaining. adapter cannot take the model at .*: never loads folders"):
         secateurs.load(tmp_path, adapter="mlp-explaining", manager=optional_manager)

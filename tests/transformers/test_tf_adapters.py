@@ -113,5 +113,5 @@ def test_llama_adapter_explains_a_layout_it_does_not_know():
 
     model = families.tiny_model("phi3")
     assert find_adapter(model, manager=manager()).name == "decoder"
-    with pytest.raises(SecateursError, match=r"llama: no nn.Linear `self_attn.q_proj` in Phi3DecoderLayer"):
+    with pytest.raises(SecateursError, match=r"the 'llama' adapter cannot take Phi3ForCausalLM: no nn.Linear `self_attn.q_proj` in Phi3DecoderLayer"):
         find_adapter(model, "llama", manager=manager())

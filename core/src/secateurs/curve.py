@@ -179,28 +179,35 @@ def pruning_curve(
     recipe's scorer unless ``scorer``) and evaluate each; ``progress(rate, metrics)`` is
     called after each rate."""
     fixed, seconds = scores_of(setup, scorer)
-    recipe = setup.recipe
     metrics, params = [], []
     for rate in rates:
-        pruned = _fresh(setup)
-        spec = attrs.evolve(
-            setup.spec,
-            scorer=fixed,
-            allocator=create_part(setup.manager.allocators, recipe.allocator),
-            applier=create_part(setup.manager.appliers, recipe.applier),
-            sparsity=rate,
-        )
-        result = prune_model(pruned, spec)
-        values = setup.evaluator.evaluate(pruned)
+        values, fraction = _point(setup, fixed, rate)
         metrics.append(values)
-        params.append(result.params_pruned / max(result.params_total, 1))
+        params.append(fraction)
         if progress is not None:
             progress(rate, values)
-        del pruned
     name = metric or next(iter(metrics[0]))
     if name not in metrics[0]:
         raise SecateursError(f"the evaluator reports {', '.join(metrics[0])}, not {name!r}")
     return Curve(tuple(rates), tuple(metrics), name, tuple(params), seconds)
+
+
+def _point(setup: CurveSetup, fixed: FixedScores, rate: float) -> tuple[Mapping[str, float], float]:
+    """The metrics of the dense model pruned at ``rate`` with ``fixed`` scores, and the
+    fraction of its parameters pruned. Rate 0 evaluates the dense model itself (there is
+    nothing to prune, and allocators such as OWL refuse a zero target)."""
+    if rate == 0:
+        return setup.evaluator.evaluate(setup.loaded), 0.0
+    pruned = _fresh(setup)
+    spec = attrs.evolve(
+        setup.spec,
+        scorer=fixed,
+        allocator=create_part(setup.manager.allocators, setup.recipe.allocator),
+        applier=create_part(setup.manager.appliers, setup.recipe.applier),
+        sparsity=rate,
+    )
+    result = prune_model(pruned, spec)
+    return setup.evaluator.evaluate(pruned), result.params_pruned / max(result.params_total, 1)
 
 
 def check_plotting() -> None:

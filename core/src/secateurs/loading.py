@@ -39,8 +39,14 @@ def _is_generic(adapter: Adapter) -> bool:
     return isinstance(adapter, GenericAdapter) and bool(adapter.generic)
 
 
-def _no_adapter(what: str, manager: PluginManager, reasons: list[tuple[str, str]]) -> SecateursError:
-    """The refusal: each adapter tried (``reasons``: name, why it declined), then the guide."""
+def _no_adapter(
+    what: str, manager: PluginManager, reasons: list[tuple[str, str]], named: str | None = None
+) -> SecateursError:
+    """The refusal: each adapter tried (``reasons``: name, why it declined), then the guide;
+    one line when the recipe ``named`` the adapter."""
+    if named is not None:
+        (_, why), = reasons
+        return SecateursError(f"the {named!r} adapter cannot take {what}: {why}")
     installed = ", ".join(manager.adapters.names()) or "none"
     tried = "".join(f"\n  {name}: {why}" for name, why in reasons)
     return SecateursError(
@@ -70,7 +76,7 @@ def find_adapter(model: nn.Module, name: str | None = None, manager: PluginManag
         if adapter.supports(model):
             return adapter
         reasons.append((adapter.name, _why_not_supported(adapter, model)))
-    raise _no_adapter(f"{type(model).__name__}", manager, reasons)
+    raise _no_adapter(f"{type(model).__name__}", manager, reasons, name)
 
 
 def wrap(model: nn.Module, adapter: str | None = None, manager: PluginManager | None = None) -> LoadedModel:
@@ -163,4 +169,4 @@ def load(
             loaded.source = str(source)
             return loaded
     reasons = [(c.name, _why_not_loaded(c, path)) for c in candidates]
-    raise _no_adapter(f"the model at {path}", manager, reasons)
+    raise _no_adapter(f"the model at {path}", manager, reasons, adapter)
