@@ -14,7 +14,7 @@ from torch import nn
 from secateurs.devices import check_device
 from secateurs.errors import SecateursError
 from secateurs.loading import load, wrap
-from secateurs.offload import dispatch
+from secateurs.offload import Budget, dispatch
 from secateurs.outputs import Reads, atomic_output_dir, check_output
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.plugins import PluginManager, Registry, get_manager
@@ -126,16 +126,22 @@ def prune(
     if recipe.output is not None:
         check_output(recipe.output, reads=reads, overwrite=overwrite)
 
+    budget = None if recipe.max_memory is None else Budget(recipe.max_memory, recipe.offload_folder)
+    if budget is not None and recipe.reference_model is not None:
+        raise SecateursError(
+            "max_memory with reference_model is not supported: the reference model would be loaded whole, "
+            "outside the budget; drop max_memory for runs with a reference model"
+        )
+
     started = time.perf_counter()
-    offload = recipe.max_memory is not None  # load in RAM, then let accelerate offload what does not fit
-    if model is None:
+    if model is None:  # within a budget: streamed, weights read lazily (secateurs.offload)
         loaded = load(
-            recipe.model, device="cpu" if offload else recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager
+            recipe.model, device=recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager, budget=budget
         )
     else:
         loaded = model if isinstance(model, LoadedModel) else wrap(model, recipe.adapter, manager)
-    if offload:
-        dispatch(loaded, max_memory=recipe.max_memory, offload_folder=recipe.offload_folder, device=recipe.device)
+        if budget is not None:
+            dispatch(loaded, max_memory=budget.max_memory, offload_folder=budget.offload_folder, device=recipe.device)
     load_seconds = time.perf_counter() - started
     before = parts.evaluator.evaluate(loaded) if parts.evaluator else None
     spec = PruneSpec(
