@@ -39,6 +39,11 @@ def _block_bytes(folder: Path) -> int:
     return total // LAYERS
 
 
+def _loaded_block(model: torch.nn.Module) -> int:
+    """One block's bytes in float32 (the tiny models' dtype)."""
+    return sum(p.numel() * 4 for p in model.model.layers[0].parameters())
+
+
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for shard in sorted(folder.glob("*.safetensors")):
@@ -99,11 +104,11 @@ def test_a_budget_below_one_block_gives_the_same_files_bit_for_bit(tmp_path, tex
 
 def test_loading_within_a_budget_reads_weights_lazily_and_keeps_the_rest_within_it(tmp_path):
     folder = _folder(tmp_path, torch.float32)
-    budget = 2 * _block_bytes(folder)
+    budget = 5 * _block_bytes(folder)
     loaded = secateurs.load(folder, budget=Budget(budget, tmp_path / "scratch"))
     model = loaded.model
     resident = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type != "meta")
-    assert 0 < resident <= budget
+    assert 0 < resident <= budget - 3 * _loaded_block(model)  # room for one loaded block and the work on it
     assert model.hf_device_map[f"model.layers.{LAYERS - 1}"] == "disk"
     (scratch,) = (tmp_path / "scratch").iterdir()
     assert not any(scratch.iterdir())  # same dtype: offloaded weights stay in the model's own shards
@@ -113,9 +118,9 @@ def test_loading_within_a_budget_reads_weights_lazily_and_keeps_the_rest_within_
 
 def test_a_partly_resident_model_prunes_the_same(tmp_path, text_file):
     folder = _folder(tmp_path, torch.float32)
-    plain = secateurs.prune(_recipe(folder, text_file, tmp_path / "plain"), progress=False)
+    secateurs.prune(_recipe(folder, text_file, tmp_path / "plain"), progress=False)
     streamed = secateurs.prune(
-        _recipe(folder, text_file, tmp_path / "streamed", max_memory=3 * _block_bytes(folder)), progress=False
+        _recipe(folder, text_file, tmp_path / "streamed", max_memory=5 * _block_bytes(folder)), progress=False
     )
     assert set(streamed.loaded.model.hf_device_map.values()) == {"cpu", "disk"}
     a, b = _tensors(tmp_path / "plain"), _tensors(tmp_path / "streamed")
@@ -136,3 +141,33 @@ def test_what_cannot_stay_within_a_budget_is_refused_in_one_line(tmp_path, text_
             secateurs.prune(recipe, progress=False)
         assert "\n" not in str(info.value)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_gpu_budget_places_blocks_on_the_gpu_then_the_cpu_then_disk_without_a_gpu_here():
+    """The map for ``max_memory = {"cuda:0" = ..., "cpu" = ...}`` (computed on the meta
+    device; accelerate only warns that the GPU is absent)."""
+    from transformers import AutoModelForCausalLM
+
+    from secateurs.offload import block_device_map
+
+    config = tiny_causal_lm("llama", layers=LAYERS).config
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config)
+    block = _loaded_block(meta)
+    budget = Budget({"cuda:0": 5 * block, "cpu": 3 * block})
+    device_map = block_device_map(meta, list(meta.model.layers), budget, device="cuda:0")
+    placed = [device_map[f"model.layers.{i}"] for i in range(LAYERS)]
+    # the GPU keeps room for one loaded block and the work on it, the CPU for one loaded block
+    assert placed == [0, "cpu", "cpu", "disk"]
+
+
+def test_structured_removal_within_a_budget_saves_the_same_smaller_model(tmp_path, text_file):
+    folder = _folder(tmp_path, torch.float32)
+    removal = {"scorer": "magnitude", "applier": "remove", "granularity": "neurons"}
+    recipe = {**_recipe(folder, text_file, tmp_path / "plain"), **removal}
+    del recipe["calibration"], recipe["evaluate"]
+    secateurs.prune(recipe, progress=False)
+    secateurs.prune({**recipe, "output": str(tmp_path / "streamed"), "max_memory": _block_bytes(folder) // 2}, progress=False)
+    a, b = _tensors(tmp_path / "plain"), _tensors(tmp_path / "streamed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert b["model.layers.0.mlp.up_proj.weight"].shape[0] < tiny_causal_lm("llama").config.intermediate_size

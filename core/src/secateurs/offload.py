@@ -166,18 +166,20 @@ def materialized(module: nn.Module, *, writeback: bool = True) -> Iterator[None]
             hook.offload = True
 
 
+def _key(name: str) -> Any:
+    """accelerate's ``max_memory`` key of a device: GPU index, or ``cpu`` / ``disk``."""
+    dev = torch.device(name)
+    return (dev.index or 0) if dev.type == "cuda" else dev.type
+
+
 def _budget(max_memory: MaxMemory, device: str) -> dict[Any, int | str]:
     """accelerate's ``max_memory`` dict: GPU keys as indices, ``cpu`` / ``disk`` as is."""
-    def key(name: str) -> Any:
-        dev = torch.device(name)
-        return (dev.index or 0) if dev.type == "cuda" else dev.type
-
     if isinstance(max_memory, int | str):
-        return {key(device): max_memory}
+        return {_key(device): max_memory}
     if not isinstance(max_memory, Mapping) or not max_memory:
         raise SecateursError("max_memory must be a size (\"2GiB\", bytes) or a table of device = size")
     try:
-        return {key(str(k)): v for k, v in max_memory.items()}
+        return {_key(str(k)): v for k, v in max_memory.items()}
     except RuntimeError as exc:
         raise SecateursError(f"max_memory: {exc}") from None
 
@@ -217,22 +219,34 @@ def block_device_map(
     disk) before that block's forward and drops after, and the unit ``materialized``
     works on. Blocks are never split; ``dtype``: the dtype the weights will have.
 
-    accelerate keeps room for the largest offloaded entry on the devices that load it, so
-    the resident entries plus one loaded entry stay within the budget.
+    The budget of ``device`` covers the resident entries, one loaded entry (accelerate
+    keeps room for the largest offloaded entry on the devices that load it) and the work
+    on it (scores, sorts, masks, updated copies: room for two more blocks is kept here).
     """
     from accelerate import infer_auto_device_map
+    from accelerate.utils import convert_file_size_to_int
 
     no_split = sorted({type(b).__name__ for b in blocks})
+    limits = _budget(budget.max_memory, device)
+    work = _key(device)
     try:
+        if work in limits:
+            block = max(_loaded_bytes(b, dtype) for b in blocks)
+            limits[work] = max(convert_file_size_to_int(limits[work]) - 2 * block, 1)
         device_map = infer_auto_device_map(
-            model, max_memory=_budget(budget.max_memory, device), no_split_module_classes=no_split,
-            dtype=dtype, clean_result=False,
+            model, max_memory=limits, no_split_module_classes=no_split, dtype=dtype, clean_result=False
         )
     except (ValueError, RuntimeError) as exc:
         raise SecateursError(f"max_memory {budget.max_memory!r}: {exc}") from None
     ids = {id(b) for b in blocks}
     names = [name for name, module in model.named_modules() if id(module) in ids]
     return _split_to_blocks(model, device_map, names)
+
+
+def _loaded_bytes(module: nn.Module, dtype: torch.dtype | str | None) -> int:
+    """Bytes of ``module``'s parameters once loaded in ``dtype`` (``None``: their own)."""
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return sum(p.numel() * (dtype.itemsize if dtype else p.element_size()) for p in module.parameters())
 
 
 def _split_to_blocks(model: nn.Module, device_map: Mapping[str, Any], blocks: Sequence[str]) -> dict[str, Any]:
@@ -269,17 +283,16 @@ def execution_device(model: nn.Module) -> torch.device:
 
 
 def offloaded_shard_size(model: nn.Module) -> int | None:
-    """The bytes of ``model``'s largest device-map entry when accelerate offloads any of its
-    weights (``None`` otherwise): the shard size that keeps writing the model within the
-    budget, one entry's weights loaded at a time."""
-    device_map = getattr(model, "hf_device_map", None)
-    if not device_map or not _offload_hooks(model):
-        return None
-    sizes = (
-        sum(t.numel() * t.element_size() for t in model.get_submodule(name).state_dict().values())
-        for name in device_map
-    )
-    return max(max(sizes), 1)
+    """The bytes of ``model``'s largest offloaded device-map entry (``None`` when accelerate
+    offloads none): the shard size that keeps writing the model within the budget, one
+    entry's weights loaded at a time."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    sizes = [
+        sum(t.numel() * t.element_size() for t in tensors)
+        for tensors in (list(model.get_submodule(name).parameters()) for name in device_map)
+        if any(t.device.type == "meta" for t in tensors)
+    ]
+    return max(max(sizes), 1) if sizes else None
 
 
 def dispatch(
