@@ -79,11 +79,18 @@ def test_curve_honours_reference_model(manager, tiny_dir, tmp_path):
     assert pruning_curve(curve_setup(recipe, manager=manager), RATES).values[0] == 1.0
 
 
-def test_curve_under_max_memory_reloads_and_matches(manager, tiny_dir):
+def test_curve_under_max_memory_streams_each_rate_and_matches(tiny_lm_dir, text_file):
     pytest.importorskip("accelerate")
-    plain = pruning_curve(curve_setup(_recipe(tiny_dir), manager=manager), RATES)
-    budget = pruning_curve(curve_setup(_recipe(tiny_dir, max_memory="20KiB"), manager=manager), RATES)
-    assert budget.values == plain.values and budget.params_pruned == plain.params_pruned
+    recipe = {
+        "model": str(tiny_lm_dir),
+        "scorer": "wanda",
+        "sparsity": 0.0,
+        "calibration": {"name": "text", "corpus": str(text_file), "nsamples": 4, "seqlen": 32},
+        "evaluate": {"name": "perplexity", "corpus": str(text_file), "seqlen": 64, "max_windows": 4},
+    }
+    plain = pruning_curve(curve_setup(recipe), RATES)
+    budget = pruning_curve(curve_setup({**recipe, "max_memory": "64KiB"}), RATES)
+    assert budget.values == pytest.approx(plain.values, rel=1e-5) and budget.params_pruned == plain.params_pruned
 
 
 def test_curve_refusals(manager, tiny_dir):

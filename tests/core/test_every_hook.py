@@ -17,6 +17,7 @@ import secateurs
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
 from secateurs.loading import find_adapter
+from secateurs.offload import Budget
 from secateurs.plugins import PluginManager
 from secateurs.protocols import OPTIONAL, LoadedModel
 from secateurs.block_inputs import Inputs
@@ -101,6 +102,9 @@ class ExplainingMLPAdapter(MLPStackAdapter):
     generic: ClassVar[bool] = False
 
     def load(self, path: Path, *, device: str, dtype: torch.dtype | None) -> LoadedModel | None:
+        return None
+
+    def load_within(self, path: Path, *, device: str, dtype: torch.dtype | None, budget) -> LoadedModel | None:
         return None
 
     def explain(self, model: nn.Module) -> str | None:
@@ -247,3 +251,11 @@ def test_adapter_explanations_name_why_they_decline(optional_manager, tmp_path):
         find_adapter(nn.Linear(2, 2), "mlp-explaining", optional_manager)
     with pytest.raises(SecateursError, match="the .mlp-explaining. adapter cannot take the model at .*: never loads folders"):
         secateurs.load(tmp_path, adapter="mlp-explaining", manager=optional_manager)
+
+
+def test_a_budgeted_load_uses_load_within_and_refuses_adapters_without_it(optional_manager, tmp_path):
+    budget = Budget("1MiB")
+    with pytest.raises(SecateursError, match="the 'mlp-explaining' adapter cannot take .* within max_memory: never loads"):
+        secateurs.load(tmp_path, adapter="mlp-explaining", manager=optional_manager, budget=budget)
+    with pytest.raises(SecateursError, match=r"mlp-stack.* cannot load within max_memory \(no streaming loader"):
+        secateurs.load(tmp_path, adapter="mlp-stack", manager=optional_manager, budget=budget)

@@ -14,8 +14,10 @@ from secateurs.builtins.module import FACTORY_KEY
 from secateurs.devices import check_device
 from secateurs.errors import SecateursError
 from secateurs.plugins import PluginManager, get_manager
+from secateurs.offload import Budget
 from secateurs.protocols import (
     Adapter,
+    BudgetLoader,
     ExplainingAdapter,
     ExplainingLoader,
     GenericAdapter,
@@ -147,15 +149,25 @@ def load(
     dtype: str | torch.dtype | None = "auto",
     adapter: str | None = None,
     manager: PluginManager | None = None,
+    budget: Budget | None = None,
 ) -> LoadedModel:
     """Load a model from a folder/file, a packaged model name or a factory
     (``"file.py:name"``: ``build_from_factory``) with the adapter that claims it.
-    ``dtype="auto"`` keeps the model's own dtype; ``device`` is checked first (``check_device``)."""
+    ``dtype="auto"`` keeps the model's own dtype; ``device`` is checked first (``check_device``).
+
+    ``budget``: load within it (``BudgetLoader``): the model comes back dispatched, its
+    offloaded weights read lazily. Factories and adapters that cannot load within a
+    budget are refused (they would hold the whole model in memory first)."""
     manager = manager or get_manager()
     check_device(device)
     torch_dtype = parse_dtype(dtype)
     factory = FACTORY.fullmatch(str(source))
     if factory and not Path(str(source)).expanduser().exists():
+        if budget is not None:
+            raise SecateursError(
+                f"max_memory cannot bound {source}: a model factory builds the whole model in memory; "
+                "build it yourself and pass it with prune(recipe, model=...) to offload it, or drop max_memory"
+            )
         loaded = wrap(build_from_factory(str(source)), adapter, manager)
         loaded.model.to(device=device, dtype=torch_dtype).eval()
         loaded.source = str(source)
@@ -163,10 +175,17 @@ def load(
         return loaded
     path = resolve_source(source, manager)
     candidates = _adapters(manager, adapter)
+    reasons = []
     for candidate in candidates:
-        loaded = candidate.load(path, device=device, dtype=torch_dtype)
+        if budget is None:
+            loaded = candidate.load(path, device=device, dtype=torch_dtype)
+        elif isinstance(candidate, BudgetLoader):
+            loaded = candidate.load_within(path, device=device, dtype=torch_dtype, budget=budget)
+        else:
+            reasons.append((candidate.name, "cannot load within max_memory (no streaming loader, BudgetLoader)"))
+            continue
         if loaded is not None:
             loaded.source = str(source)
             return loaded
-    reasons = [(c.name, _why_not_loaded(c, path)) for c in candidates]
-    raise _no_adapter(f"the model at {path}", manager, reasons, adapter)
+        reasons.append((candidate.name, _why_not_loaded(candidate, path)))
+    raise _no_adapter(f"the model at {path}" + (" within max_memory" if budget else ""), manager, reasons, adapter)

@@ -12,8 +12,20 @@ plus one block, as in accelerate's own forward. Models without offload hooks are
 untouched (``materialized`` is then a no-op), and accelerate is imported only when a
 model uses it.
 
-``dispatch(loaded, max_memory=..., offload_folder=...)`` offloads a loaded model to fit
-a memory budget (recipe keys ``max_memory`` and ``offload_folder``).
+A memory budget (recipe keys ``max_memory`` and ``offload_folder``: ``Budget``) is met by
+a device map with one entry per block (``block_device_map``), used two ways:
+
+- streamed loading: an adapter that implements ``BudgetLoader`` builds the model on the
+  meta device, asks ``block_device_map`` where each block goes, and lets its library load
+  it (transformers: ``from_pretrained(device_map=...)``); weights of blocks on disk are
+  then read lazily from the model's own safetensors shards, never all in memory;
+- ``dispatch(loaded, max_memory=..., offload_folder=...)`` offloads a model already in
+  memory (``prune(recipe, model=...)``).
+
+Saving an offloaded model goes shard by shard, each shard at most one device-map entry
+(``offloaded_shard_size``). Host memory over a whole run: the resident entries (within
+the budget, accelerate keeping room for one loaded entry), one loaded block, one block
+boundary of calibration activations, and the process's fixed overhead.
 """
 
 from __future__ import annotations
@@ -22,11 +34,12 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
@@ -153,20 +166,133 @@ def materialized(module: nn.Module, *, writeback: bool = True) -> Iterator[None]
             hook.offload = True
 
 
+def _key(name: str) -> Any:
+    """accelerate's ``max_memory`` key of a device: GPU index, or ``cpu`` / ``disk``."""
+    dev = torch.device(name)
+    return (dev.index or 0) if dev.type == "cuda" else dev.type
+
+
 def _budget(max_memory: MaxMemory, device: str) -> dict[Any, int | str]:
     """accelerate's ``max_memory`` dict: GPU keys as indices, ``cpu`` / ``disk`` as is."""
-    def key(name: str) -> Any:
-        dev = torch.device(name)
-        return (dev.index or 0) if dev.type == "cuda" else dev.type
-
     if isinstance(max_memory, int | str):
-        return {key(device): max_memory}
+        return {_key(device): max_memory}
     if not isinstance(max_memory, Mapping) or not max_memory:
         raise SecateursError("max_memory must be a size (\"2GiB\", bytes) or a table of device = size")
     try:
-        return {key(str(k)): v for k, v in max_memory.items()}
+        return {_key(str(k)): v for k, v in max_memory.items()}
     except RuntimeError as exc:
         raise SecateursError(f"max_memory: {exc}") from None
+
+
+@attrs.frozen
+class Budget:
+    """A memory budget: ``max_memory`` (a size for the compute device, or ``{device: size}``
+    with ``cpu`` / GPU keys, accelerate's meaning) and the folder under which blocks that
+    do not fit go to disk (default: the system temp dir)."""
+
+    max_memory: MaxMemory
+    offload_folder: str | Path | None = None
+
+    def scratch(self) -> str:
+        """A fresh folder under ``offload_folder`` for a model's offloaded weights (the
+        caller removes it with the model: ``remove_with``)."""
+        root = Path(self.offload_folder or tempfile.gettempdir()).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix="secateurs-offload-", dir=root)
+
+
+def remove_with(model: nn.Module, folder: str) -> None:
+    """Remove ``folder`` when ``model`` is garbage collected (or at exit)."""
+    weakref.finalize(model, shutil.rmtree, folder, True)
+
+
+def block_device_map(
+    model: nn.Module,
+    blocks: Sequence[nn.Module],
+    budget: Budget,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> dict[str, Any]:
+    """accelerate's device map of ``model`` (real or on the meta device) for ``budget``, with
+    every one of ``blocks`` its own entry: the unit accelerate loads (from the CPU or the
+    disk) before that block's forward and drops after, and the unit ``materialized``
+    works on. Blocks are never split; ``dtype``: the dtype the weights will have.
+
+    The budget of ``device`` covers the resident entries, one loaded entry (accelerate
+    keeps room for the largest offloaded entry on the devices that load it) and the work
+    on it (scores, sorts, masks, updated copies: room for two more blocks is kept here).
+    """
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import convert_file_size_to_int
+
+    no_split = sorted({type(b).__name__ for b in blocks})
+    limits = _budget(budget.max_memory, device)
+    work = _key(device)
+    try:
+        if work in limits:
+            block = max(_loaded_bytes(b, dtype) for b in blocks)
+            limits[work] = max(convert_file_size_to_int(limits[work]) - 2 * block, 1)
+        device_map = infer_auto_device_map(
+            model, max_memory=limits, no_split_module_classes=no_split, dtype=dtype, clean_result=False
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise SecateursError(f"max_memory {budget.max_memory!r}: {exc}") from None
+    ids = {id(b) for b in blocks}
+    names = [name for name, module in model.named_modules() if id(module) in ids]
+    return _split_to_blocks(model, device_map, names)
+
+
+def _loaded_bytes(module: nn.Module, dtype: torch.dtype | str | None) -> int:
+    """Bytes of ``module``'s parameters once loaded in ``dtype`` (``None``: their own)."""
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return sum(p.numel() * (dtype.itemsize if dtype else p.element_size()) for p in module.parameters())
+
+
+def _split_to_blocks(model: nn.Module, device_map: Mapping[str, Any], blocks: Sequence[str]) -> dict[str, Any]:
+    """``device_map`` with every entry that holds a block replaced by its children (same
+    device), recursively, so that no entry holds more than one block."""
+    def holds_block(name: str) -> bool:
+        return any(b != name and (not name or b.startswith(name + ".")) for b in blocks)
+
+    out: dict[str, Any] = {}
+    pending = list(device_map.items())
+    while pending:
+        name, dev = pending.pop(0)
+        if holds_block(name):
+            children = model.get_submodule(name).named_children()
+            pending[:0] = [(f"{name}.{child}" if name else child, dev) for child, _ in children]
+        else:
+            out[name] = dev
+    return out
+
+
+def execution_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s inputs go: the device of its first parameter, or, when that one is
+    offloaded, the execution device of the accelerate hook that loads it."""
+    name, param = next(iter(model.named_parameters()))
+    if param.device.type != "meta":
+        return param.device
+    path = name.split(".")[:-1]
+    for depth in range(len(path), -1, -1):
+        hook = getattr(model.get_submodule(".".join(path[:depth])), "_hf_hook", None)
+        for h in getattr(hook, "hooks", (hook,)) if hook is not None else ():
+            if getattr(h, "execution_device", None) is not None:
+                return torch.device(h.execution_device)
+    return param.device
+
+
+def offloaded_shard_size(model: nn.Module) -> int | None:
+    """The bytes of ``model``'s largest offloaded device-map entry (``None`` when accelerate
+    offloads none): the shard size that keeps writing the model within the budget, one
+    entry's weights loaded at a time."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    sizes = [
+        sum(t.numel() * t.element_size() for t in tensors)
+        for tensors in (list(model.get_submodule(name).parameters()) for name in device_map)
+        if any(t.device.type == "meta" for t in tensors)
+    ]
+    return max(max(sizes), 1) if sizes else None
 
 
 def dispatch(
@@ -178,11 +304,10 @@ def dispatch(
 ) -> dict[str, Any]:
     """Dispatch ``loaded.model`` (in memory) with accelerate to fit ``max_memory``; blocks that
     do not fit go to the CPU (when ``device`` is a GPU and the budget names ``cpu``) or to
-    disk under ``offload_folder`` (a fresh sub-folder, removed with the model; default:
-    the system temp dir). Returns the device map. Blocks are never split.
-    """
+    disk under ``offload_folder`` (``Budget.scratch``). Returns the device map
+    (``block_device_map``: one entry per block at most)."""
     try:
-        from accelerate import dispatch_model, infer_auto_device_map
+        from accelerate import dispatch_model
     except ImportError:
         raise SecateursError("offloading needs accelerate: pip install 'secateurs[offload]'") from None
     model = loaded.model
@@ -190,27 +315,11 @@ def dispatch(
         raise SecateursError(
             "this model is already dispatched with a device_map; do not set max_memory again"
         )
-    no_split = sorted({type(b.module).__name__ for b in loaded.adapter.blocks(model)})
-    try:
-        device_map = infer_auto_device_map(
-            model, max_memory=_budget(max_memory, device), no_split_module_classes=no_split
-        )
-    except (ValueError, RuntimeError) as exc:
-        raise SecateursError(f"max_memory {max_memory!r}: {exc}") from None
-    first = next(n for n, _ in model.named_parameters())
-    placed = max((k for k in device_map if k == "" or first == k or first.startswith(k + ".")), key=len)
-    resident = {"disk"} if torch.device(device).type == "cpu" else {"cpu", "disk"}
-    if device_map[placed] in resident:
-        raise SecateursError(
-            f"max_memory {max_memory!r} is too small to keep the model's first layer ({placed}) on {device}; "
-            "raise the budget"
-        )
-    folder = None
-    if "disk" in device_map.values():
-        root = Path(offload_folder or tempfile.gettempdir()).expanduser()
-        root.mkdir(parents=True, exist_ok=True)
-        folder = tempfile.mkdtemp(prefix="secateurs-offload-", dir=root)
-        weakref.finalize(model, shutil.rmtree, folder, True)
+    budget = Budget(max_memory, offload_folder)
+    device_map = block_device_map(model, [b.module for b in loaded.adapter.blocks(model)], budget, device=device)
+    folder = budget.scratch() if "disk" in device_map.values() else None
+    if folder is not None:
+        remove_with(model, folder)
     main = "cpu" if torch.device(device).type == "cpu" else torch.device(device)
     dispatch_model(model, device_map, main_device=main, offload_dir=folder)
     return dict(device_map)

@@ -99,7 +99,8 @@ class Adapter(Protocol):
     this adapter loads.
 
     Optional members: ``ResizingAdapter`` (``resized``), ``ExplainingAdapter``
-    (``explain``), ``ExplainingLoader`` (``explain_load``), ``StructuredRefusing``
+    (``explain``), ``ExplainingLoader`` (``explain_load``), ``BudgetLoader``
+    (``load_within``), ``StructuredRefusing``
     (``structured_refusal``) and ``GenericAdapter`` (``generic``).
     """
 
@@ -312,6 +313,18 @@ class ExplainingLoader(Protocol):
 
 
 @runtime_checkable
+class BudgetLoader(Protocol):
+    """An adapter that loads within a memory budget: ``load_within(path, device=, dtype=,
+    budget=)`` returns what ``load`` would (``None`` likewise), with the model dispatched
+    by accelerate to the device map ``secateurs.offload.block_device_map`` gives for
+    ``budget`` (a ``secateurs.offload.Budget``) and its offloaded weights read lazily from
+    the checkpoint: loading never holds more than the budget plus one block. A recipe with
+    ``max_memory`` is refused for a model only adapters without it load."""
+
+    def load_within(self, path: Path, *, device: str, dtype: torch.dtype | None, budget: Any) -> LoadedModel | None: ...
+
+
+@runtime_checkable
 class StructuredRefusing(Protocol):
     """An adapter that says why a model has no structured groups of a kind:
     ``structured_refusal(model, kind)`` (``None``: no particular reason)."""
@@ -374,7 +387,7 @@ class Recording(Protocol):
 
 
 OPTIONAL: dict[type, tuple[type, ...]] = {
-    Adapter: (ResizingAdapter, ExplainingAdapter, ExplainingLoader, StructuredRefusing, GenericAdapter),
+    Adapter: (ResizingAdapter, ExplainingAdapter, ExplainingLoader, BudgetLoader, StructuredRefusing, GenericAdapter),
     Scorer: (StructuredScorer, PreparingScorer, Recording),
     Allocator: (Recording,),
     Applier: (CheckingApplier, ResizingApplier),

@@ -20,7 +20,7 @@ from torch import nn
 from secateurs.devices import check_device
 from secateurs.errors import SecateursError
 from secateurs.loading import load, wrap
-from secateurs.offload import dispatch
+from secateurs.offload import Budget, dispatch
 from secateurs.outputs import Reads, atomic_output_dir, check_output
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.plugins import PluginManager, Registry, get_manager
@@ -68,6 +68,11 @@ def build_parts(recipe: Recipe, manager: PluginManager | None = None, *, progres
         exporters=[create_part(manager.exporters, p) for p in recipe.exporters],
     )
     check_device(recipe.device)
+    if recipe.max_memory is not None and recipe.reference_model is not None:
+        raise SecateursError(
+            "max_memory with reference_model is not supported: the reference model would be loaded whole, "
+            "outside the budget; drop max_memory for runs with a reference model"
+        )
     return parts
 
 
@@ -89,19 +94,20 @@ def load_for(
 ) -> LoadedModel:
     """The model a run of ``recipe`` prunes: ``model`` when given (a module no adapter
     knows goes to the generic ``module`` adapter), else ``recipe.model`` loaded with the
-    recipe's adapter, device and dtype; under ``max_memory`` what does not fit is
-    offloaded through accelerate."""
+    recipe's adapter, device and dtype; under ``max_memory`` the model is streamed (its
+    weights read lazily, blocks that do not fit offloaded through accelerate), and an
+    in-memory model is dispatched within the budget."""
     manager = manager or get_manager()
     _require_model(recipe, model)
-    offload = recipe.max_memory is not None  # load in RAM, then let accelerate offload what does not fit
-    if model is None:
+    budget = None if recipe.max_memory is None else Budget(recipe.max_memory, recipe.offload_folder)
+    if model is None:  # within a budget: streamed, weights read lazily (secateurs.offload)
         loaded = load(
-            recipe.model, device="cpu" if offload else recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager
+            recipe.model, device=recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager, budget=budget
         )
     else:
         loaded = model if isinstance(model, LoadedModel) else wrap(model, recipe.adapter, manager)
-    if offload:
-        dispatch(loaded, max_memory=recipe.max_memory, offload_folder=recipe.offload_folder, device=recipe.device)
+        if budget is not None:
+            dispatch(loaded, max_memory=budget.max_memory, offload_folder=budget.offload_folder, device=recipe.device)
     return loaded
 
 

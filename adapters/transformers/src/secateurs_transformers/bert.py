@@ -23,6 +23,7 @@ import attrs
 import torch
 from torch import nn
 
+from secateurs.offload import Budget
 from secateurs.protocols import LoadedModel
 from secateurs.types import Block, Group, ParamSlice, Unit
 from secateurs_transformers.common import (
@@ -154,14 +155,19 @@ class BertAdapter:
         record_layer_sizes(model.config, sizes, {"intermediate_size"})
 
     def load(self, path: Path, *, device: str, dtype: torch.dtype | None) -> LoadedModel | None:
+        return self.load_within(path, device=device, dtype=dtype, budget=None)
+
+    def load_within(
+        self, path: Path, *, device: str, dtype: torch.dtype | None, budget: Budget | None
+    ) -> LoadedModel | None:
+        """``load``, within ``budget`` when one is given (``BudgetLoader``, ``load_folder``)."""
         config = read_config(path)
         if config is None or config.get("model_type") not in MODEL_TYPES:
             return None
         auto_class = _auto_class(config.get("architectures") or [])
         if auto_class is None:
             return None
-        loaded = load_folder(self, path, config, auto_class, device=device, dtype=dtype)
-        return loaded if self.supports(loaded.model) else None
+        return load_folder(self, path, config, auto_class, device=device, dtype=dtype, budget=budget)
 
     def explain_load(self, path: Path) -> str | None:
         """Why ``load`` declines ``path``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from secateurs.errors import SecateursError
+from secateurs.offload import Budget, block_device_map, execution_device, offloaded_shard_size, remove_with
 from secateurs.protocols import LoadedModel
 from secateurs_transformers import secateurs_resized
 from secateurs_transformers.secateurs_resized import LAYER_SIZES, PREFIX, layers, resized_class, stock_class
@@ -64,14 +66,15 @@ def check_folder(path: Path, config: dict[str, Any]) -> None:
 
 
 def meta_model(path: Path, auto_class: Any) -> nn.Module | str:
-    """The model ``auto_class`` builds from the folder's config, on the meta device (no
-    weights read, no memory used), or why it cannot be built."""
+    """The model ``auto_class`` (an Auto class or a model class) builds from the folder's
+    config, on the meta device (no weights read, no memory used), or why it cannot be built."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        build = getattr(auto_class, "from_config", None) or auto_class._from_config
         with torch.device("meta"):
-            return auto_class.from_config(config)
+            return build(config)
     except (ValueError, KeyError, OSError) as exc:
         return f"{auto_class.__name__} cannot build it: {exc}"
 
@@ -89,16 +92,29 @@ def find_layers(model: nn.Module) -> tuple[nn.ModuleList, str] | None:
 
 
 def load_folder(
-    adapter: Any, path: Path, config: dict[str, Any], auto_class: Any, *, device: str, dtype: torch.dtype | None
-) -> LoadedModel:
+    adapter: Any,
+    path: Path,
+    config: dict[str, Any],
+    auto_class: Any,
+    *,
+    device: str,
+    dtype: torch.dtype | None,
+    budget: Budget | None = None,
+) -> LoadedModel | None:
     """Load a model (with ``auto_class``) and its tokenizer from a local folder, offline;
-    ``config`` is the folder's ``config.json`` (``read_config``).
+    ``config`` is the folder's ``config.json`` (``read_config``). ``None`` when ``adapter``
+    does not support the model.
 
     A model whose config records per-layer sizes (``LAYER_SIZES``, written by structured
     removal) is built as ``Resized<class>`` from ``secateurs_resized`` (the class the
     folder's ``auto_map`` names for ``trust_remote_code=True``, taken here from the
     installed package, not from the folder), so the layers have their saved shapes
     before the weights load.
+
+    ``budget``: the model is built on the meta device, ``adapter.blocks`` placed by
+    ``block_device_map`` and ``from_pretrained(device_map=...)`` loads only the resident
+    entries; accelerate reads the others from the folder's safetensors shards when a
+    block runs (or from its offload folder, when ``dtype`` converts them).
     """
     from transformers import CONFIG_MAPPING, AutoTokenizer
 
@@ -106,14 +122,31 @@ def load_folder(
     model_class = auto_class
     if LAYER_SIZES in config:
         model_class = resized_class(auto_class._model_mapping[CONFIG_MAPPING[config["model_type"]]])
+    placement: dict[str, Any] = {}
+    if budget is not None:
+        meta = meta_model(path, model_class)
+        if isinstance(meta, str):
+            raise SecateursError(f"cannot load the model at {path} within max_memory: {meta}")
+        if not adapter.supports(meta):
+            return None
+        placement = _placement(adapter, meta, device=device, dtype=dtype or config.get("dtype"), budget=budget)
+    scratch = placement.get("offload_folder")
     try:
-        model = model_class.from_pretrained(str(path), dtype=dtype or "auto", local_files_only=True)
+        model = model_class.from_pretrained(str(path), dtype=dtype or "auto", local_files_only=True, **placement)
     except (SafetensorError, OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         raise SecateursError(
             f"cannot load the model at {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
             "the weights may be truncated or corrupt, or not match config.json: copy the model folder again"
         ) from None
-    model.to(device).eval()
+    if budget is None:
+        model.to(device)
+    elif scratch is not None:  # accelerate's scratch files go with the model
+        remove_with(model, scratch)
+    model.eval()
+    if not adapter.supports(model):
+        return None
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError):
@@ -121,19 +154,46 @@ def load_folder(
     return LoadedModel(model=model, adapter=adapter, source=str(path), tokenizer=tokenizer)
 
 
+def _placement(adapter: Any, meta: nn.Module, *, device: str, dtype: Any, budget: Budget) -> dict[str, Any]:
+    """``from_pretrained`` keywords loading within ``budget``: the device map of the model
+    built on the meta device, and a fresh offload folder when anything goes to disk."""
+    device_map = block_device_map(meta, [b.module for b in adapter.blocks(meta)], budget, device=device, dtype=dtype)
+    placement: dict[str, Any] = {"device_map": device_map}
+    if "disk" in device_map.values():
+        placement["offload_folder"] = budget.scratch()
+    return placement
+
+
 def save_folder(loaded: LoadedModel, directory: Path) -> list[Path]:
     """``save_pretrained`` layout (safetensors) for the model and, if any, its tokenizer;
     with per-layer sizes, also the ``secateurs_resized`` module and ``auto_map``
-    (``write_auto_map``)."""
-    loaded.model.save_pretrained(str(directory), safe_serialization=True)
+    (``write_auto_map``). An offloaded model is written shard by shard, each shard at most
+    one device-map entry (``offloaded_shard_size``), so saving stays within its budget."""
+    shard = offloaded_shard_size(loaded.model)
+    options = {} if shard is None else {"max_shard_size": shard, "state_dict": _untied_state_dict(loaded.model)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Attempting to save a model with offloaded modules")
+        loaded.model.save_pretrained(str(directory), safe_serialization=True, **options)
     write_auto_map(loaded.model, Path(directory))
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(directory))
     return sorted(p for p in Path(directory).iterdir() if p.is_file())
 
 
+def _untied_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without the tied copies ``save_pretrained`` leaves out. accelerate's
+    hooks replace offloaded parameters by new ``meta`` ones after each forward, so tied
+    parameters are no longer one object and ``save_pretrained`` would write both."""
+    state = model.state_dict()
+    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        if source in state:
+            state.pop(target, None)
+    return state
+
+
 def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Where the model's inputs go (its execution device when accelerate offloads it)."""
+    return execution_device(model)
 
 
 def first_output(output: Any) -> torch.Tensor:

@@ -64,6 +64,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from secateurs.errors import SecateursError
+from secateurs.offload import Budget
 from secateurs.protocols import LoadedModel
 from secateurs.types import Block, Group, ParamSlice, Unit
 from secateurs_transformers.common import (
@@ -433,13 +434,18 @@ class DecoderAdapter:
         return first_output(output)
 
     def load(self, path: Path, *, device: str, dtype: torch.dtype | None) -> LoadedModel | None:
+        return self.load_within(path, device=device, dtype=dtype, budget=None)
+
+    def load_within(
+        self, path: Path, *, device: str, dtype: torch.dtype | None, budget: Budget | None
+    ) -> LoadedModel | None:
+        """``load``, within ``budget`` when one is given (``BudgetLoader``, ``load_folder``)."""
         config = read_config(path)
         if config is None or not _causal_architecture(config):
             return None
         from transformers import AutoModelForCausalLM
 
-        loaded = load_folder(self, path, config, AutoModelForCausalLM, device=device, dtype=dtype)
-        return loaded if self.supports(loaded.model) else None
+        return load_folder(self, path, config, AutoModelForCausalLM, device=device, dtype=dtype, budget=budget)
 
     def explain_load(self, path: Path) -> str | None:
         """Why ``load`` declines ``path`` (the model is built on the meta device to tell)."""

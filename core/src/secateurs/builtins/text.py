@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from secateurs.corpora import corpus_text
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
+from secateurs.offload import execution_device
 from secateurs.protocols import LoadedModel
 from secateurs.validators import optional, positive_int
 
@@ -115,7 +116,7 @@ class Perplexity:
 
     def evaluate(self, loaded: LoadedModel) -> dict[str, float]:
         model = loaded.model
-        device = next(model.parameters()).device
+        device = execution_device(model)
         windows = self.windows(loaded)
         nll, count = 0.0, 0
         with torch.no_grad():
