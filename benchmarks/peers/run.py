@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -178,11 +177,22 @@ def run_method(method: str, args: argparse.Namespace, model: Path, calibration: 
     evaluation = _child(Path(sys.executable), Path(__file__), ["--child", "eval", json.dumps(_eval_config(args, list(folders.values())))])
     out: dict[str, Any] = {"method": method, "spec": spec_for(method)}
     for (tool, tool_runs), measures in zip(runs.items(), evaluation["folders"], strict=True):
-        out[tool] = {**measures, "runs": tool_runs, **{f"{k}_median": statistics.median(r[k] for r in tool_runs) for k in ("wall_s", "cpu_s", "peak_rss_mib")}}
+        out[tool] = {**measures, "runs": tool_runs}
     out["mask_agreement"] = evaluation.get("mask_agreement")
+    return summarize(out)
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with each tool's best (lowest) wall and CPU seconds over its runs, its
+    highest peak RSS, and secateurs' time ratios to llm-compressor. The best of several
+    runs is the time least disturbed by other work on the machine."""
+    for tool in ("secateurs", "llm-compressor"):
+        runs = result[tool]["runs"]
+        result[tool] |= {"wall_s_best": min(r["wall_s"] for r in runs), "cpu_s_best": min(r["cpu_s"] for r in runs)}
+        result[tool]["peak_rss_mib_max"] = max(r["peak_rss_mib"] for r in runs)
     for key in ("wall_s", "cpu_s"):
-        out[f"ratio_{key}"] = out["secateurs"][f"{key}_median"] / out["llm-compressor"][f"{key}_median"]
-    return out
+        result[f"ratio_{key}"] = result["secateurs"][f"{key}_best"] / result["llm-compressor"][f"{key}_best"]
+    return result
 
 
 def _eval_config(args: argparse.Namespace, folders: list[Path]) -> dict[str, Any]:
@@ -192,14 +202,14 @@ def _eval_config(args: argparse.Namespace, folders: list[Path]) -> dict[str, Any
 def table(data: dict[str, Any]) -> str:
     """The Markdown table of a results file."""
     lines = [
-        f"Dense perplexity {data['dense_perplexity']:.2f}. Times: median of {data['settings']['repeats']} back-to-back pair(s).",
+        f"Dense perplexity {data['dense_perplexity']:.2f}. Times: best of {data['settings']['repeats']} back-to-back pair(s); peak RSS: the highest.",
         "",
         "| method | secateurs ppl / wall s / CPU s / peak RSS MiB / sparsity | llm-compressor ppl / wall s / CPU s / peak RSS MiB / sparsity | time ratio (wall, CPU) | mask agreement |",
         "|---|---|---|---|---|",
     ]
-    for r in data["methods"]:
+    for r in map(summarize, data["methods"]):
         cells = [
-            f"{t['perplexity']:.2f} / {t['wall_s_median']:.1f} / {t['cpu_s_median']:.1f} / {t['peak_rss_mib_median']:.0f} / {t['sparsity']:.4f}"
+            f"{t['perplexity']:.2f} / {t['wall_s_best']:.1f} / {t['cpu_s_best']:.1f} / {t['peak_rss_mib_max']:.0f} / {t['sparsity']:.4f}"
             for t in (r["secateurs"], r["llm-compressor"])
         ]
         agreement = f"{r['mask_agreement']:.2%}" if r.get("mask_agreement") is not None else "-"
@@ -219,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-venv", type=Path, default=HERE / ".venv")
     parser.add_argument("--work", type=Path, default=HERE / ".work", help="calibration file and pruned models")
     parser.add_argument("--name", default=NAME, help="results file name")
-    parser.add_argument("--table", action="store_true", help="print the table of the saved results and exit")
+    parser.add_argument("--table", action="store_true", help="print the table of the saved results (rewritten with this version's summaries) and exit")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -227,7 +237,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"ours": ours, "eval": evaluate}[kind](json.loads(config))))
         return
     if args.table:
-        print(table(json.loads(results_path(args.name).read_text())))
+        data = json.loads(results_path(args.name).read_text())
+        data["methods"] = [summarize(r) for r in data["methods"]]
+        print(table(data))
         return
 
     from secateurs_transformers.packaged import smollm2_path
@@ -243,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
         "dense_perplexity": _child(Path(sys.executable), Path(__file__), ["--child", "eval", json.dumps(_eval_config(args, [model]))])["folders"][0]["perplexity"],
         "methods": [],
     }
+    earlier = json.loads(results_path(args.name).read_text()) if results_path(args.name).is_file() else {}
+    if earlier.get("settings") == data["settings"]:  # keep the other methods' rows of the same settings
+        data["methods"] = [r for r in earlier["methods"] if r["method"] not in args.methods]
     for method in args.methods:
         data["methods"].append(run_method(method, args, model, calibration, peer, args.work))
         write_results(args.name, data)
