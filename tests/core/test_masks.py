@@ -82,3 +82,19 @@ def test_zero_applier_refuses_an_nm_pattern_on_structured_groups():
     block = Block("b", 0, torch.nn.Identity(), ())
     with pytest.raises(SecateursError, match="N:M pattern"):
         ZeroApplier(pattern="2:4").check([block], "neurons")
+
+
+@pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.7])
+def test_row_masks_equal_a_stable_sort_with_ties_in_some_rows(sparsity):
+    """The selection path (one keep count) keeps what a stable descending sort keeps:
+    rows without ties, rows tied at the threshold, all-equal rows."""
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.randn(6, 40, generator=gen)
+    scores[1, ::3] = scores[1, 0]  # many ties in one row
+    scores[2] = 0.5  # a constant row
+    scores[4, 10:20] = scores[4].median()  # ties straddling the threshold
+    mask = build_mask(scores, UnitAllocation(sparsity), "row")
+    keep = 40 - int(pruned_count(40, sparsity))
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :keep]
+    expected = torch.zeros_like(mask).scatter_(1, order, True)
+    assert torch.equal(mask, expected)

@@ -17,7 +17,7 @@ import fnmatch
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import attrs
@@ -47,7 +47,7 @@ from secateurs.protocols import (
 )
 from secateurs.masks import keep_counts
 from secateurs.offload import materialized
-from secateurs.stats import collect_stats
+from secateurs.stats import StatsComplete, collect_stats
 from secateurs.structured import entry_layout, removed_entries
 from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit, UnitReport
 from secateurs.validators import check_sparsity
@@ -165,11 +165,17 @@ class Session:
     # -- running blocks ----------------------------------------------------------------
     def run(self, block: Block, inputs: Inputs, *, keep_outputs: bool = True) -> Inputs:
         """Run ``block`` on every input; return the next block's inputs (empty unless
-        ``keep_outputs``)."""
+        ``keep_outputs``; a forward that statistics hooks cut short, ``StatsComplete``,
+        then counts as done)."""
         outputs: list[torch.Tensor] = []
         with torch.no_grad(), self.timed("forward"):
             for args, kwargs in inputs:
-                out = self.loaded.adapter.block_output(block.module(*args, **kwargs))
+                try:
+                    out = self.loaded.adapter.block_output(block.module(*args, **kwargs))
+                except StatsComplete:
+                    if keep_outputs:
+                        raise
+                    continue
                 if keep_outputs:
                     outputs.append(out)
         return inputs.following(outputs) if keep_outputs else Inputs()
@@ -186,10 +192,12 @@ class Session:
         """Run ``block`` with statistics hooks on ``units`` (default: all the block's units).
 
         ``hessian``: collect Hessians (default: when the scorer or applier needs them);
-        ``False`` skips them for callers that only need ``sq_norm``.
+        ``False`` skips them for callers that only need ``sq_norm``. Without
+        ``keep_outputs`` each forward stops once every unit has seen its input.
         """
         units = list(block.units if units is None else units)
-        with collect_stats(units, hessian=self._want_hessian(hessian)) as col:
+        stop_in = None if keep_outputs else block.module
+        with collect_stats(units, hessian=self._want_hessian(hessian), stop_in=stop_in) as col:
             outputs = self.run(block, inputs, keep_outputs=keep_outputs)
         return col.stats, outputs
 
@@ -236,12 +244,14 @@ class Session:
         if len(streams) == 1 or not all(streams[0].shares_calls(s) for s in streams[1:]):
             return [self.collect(block, s, units, hessian=want_hessian)[0] for s in streams]
         n = len(streams)
-        with collect_stats(units, hessian=want_hessian, splits=n) as col, torch.no_grad(), self.timed("forward"):
+        stats = collect_stats(units, hessian=want_hessian, splits=n, stop_in=block.module)
+        with stats as col, torch.no_grad(), self.timed("forward"):
             for j, call in enumerate(streams[0].block_calls()):
                 batch = streams[0].hidden[j].shape[0]
                 repeated = BlockCall(_repeat_batch(call.args, n, batch), _repeat_batch(call.kwargs, n, batch), call.hidden_key)
                 args, kwargs = repeated.arguments(torch.cat([s.hidden[j] for s in streams]))
-                block.module(*args, **kwargs)
+                with suppress(StatsComplete):  # the rest of the forward is not needed
+                    block.module(*args, **kwargs)
         return col.split_stats
 
     def score(

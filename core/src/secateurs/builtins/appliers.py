@@ -63,7 +63,7 @@ class ZeroApplier:
             if unit.name not in scores:
                 continue
             mask = build_mask(scores[unit.name], allocation[unit.name], ctx.comparison, self.pattern)
-            unit.weight.data.mul_(mask.to(unit.weight.device, unit.weight.dtype))
+            unit.weight.data.mul_(mask.to(unit.weight.device))
             masks[unit.name] = mask
         return masks
 

@@ -50,7 +50,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, name: str) ->
     has non-finite entries or is still not positive definite after dampening; the
     damping is not raised silently (the reference does not either).
     """
-    if not torch.isfinite(hessian).all():
+    if not _finite(hessian):
         raise SecateursError(
             f"{name}: the Hessian of its inputs has inf/NaN entries (activations overflowed?); "
             "prune in float32 (recipe dtype = \"float32\")"
@@ -63,13 +63,19 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, name: str) ->
         if int(info):
             continue
         upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-        if not int(info) and torch.isfinite(upper).all():
+        if not int(info) and _finite(upper):
             return upper.float()
     raise SecateursError(
         f"{name}: the Hessian of its inputs is not positive definite even after {percdamp:g} "
         "dampening (tried float32 and float64); raise the applier's `percdamp` (e.g. 0.1) "
         "or use more calibration samples"
     )
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is finite (one reduction; the entry-wise check only
+    when the sum is not finite, e.g. overflowed)."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 @contextmanager
@@ -111,6 +117,11 @@ def _select(loss: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
     return ~rows_topk(loss, loss.shape[1] - quota)
 
 
+_STEP = 16
+"""Columns per sub-block of the column walk: inside a sub-block errors are pushed one
+column at a time, onto the sub-block only; then onto the rest of the tile at once."""
+
+
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -126,49 +137,49 @@ def sparsegpt_prune(
     ``weight`` is not modified; the result is float32 on its device. ``nm`` overrides the
     allocation (N kept of every M consecutive columns of a row).
     """
-    with _one_cpu_thread(weight.device):
-        return _sparsegpt(weight, hessian, allocation, nm, blocksize, percdamp, name)
-
-
-def _sparsegpt(
-    weight: torch.Tensor,
-    hessian: torch.Tensor,
-    allocation: UnitAllocation,
-    nm: tuple[int, int] | None,
-    blocksize: int,
-    percdamp: float,
-    name: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
     w = weight.detach().float().clone()
-    rows, cols = w.shape
     h = hessian.detach().to(w.device, torch.float32).clone()
     dead = torch.diagonal(h) == 0  # inputs that were always zero: their weights never matter
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    hinv = inverse_hessian_factor(h, percdamp, name)
+    with _one_cpu_thread(w.device):
+        hinv = inverse_hessian_factor(h, percdamp, name)
+        return _sparsegpt(w, hinv, allocation, nm, blocksize)
+
+
+def _sparsegpt(
+    w: torch.Tensor, hinv: torch.Tensor, allocation: UnitAllocation, nm: tuple[int, int] | None, blocksize: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The column walk over ``w`` (updated in place) with the factor ``hinv``. Tiles are
+    handled transposed (``[columns, rows]``), so that each column is contiguous."""
+    rows, cols = w.shape
+    step = _STEP if nm is None else nm[1] * max(1, _STEP // nm[1])  # N:M groups never straddle sub-blocks
     pruned = torch.zeros_like(w, dtype=torch.bool)
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
-        w1 = w[:, start:end].clone()
+        w1 = w[:, start:end].T.contiguous()  # [tile columns, rows]
         hinv1 = hinv[start:end, start:end]
         d = torch.diagonal(hinv1)
         if nm is None:
-            p1 = _select(w1.pow(2) / d.pow(2), _tile_quota(rows, start, end, allocation))
+            p1 = _select(w1.T.pow(2) / d.pow(2), _tile_quota(rows, start, end, allocation)).T.contiguous()
         else:
             p1 = torch.zeros_like(w1, dtype=torch.bool)
-        # err of column i = (w − q) / d_i = w · pruned / d_i; columns of err1ᵀ are contiguous rows
-        scale = p1 / d
-        err1t = torch.empty(end - start, rows, dtype=w.dtype, device=w.device)
-        for i in range(end - start):
-            if nm is not None and i % nm[1] == 0:
-                group = slice(i, i + nm[1])
-                p1[:, group] = ~nm_mask(w1[:, group].pow(2) / d[group].pow(2), *nm)
-                scale[:, group] = p1[:, group] / d[group]
-            torch.mul(w1[:, i], scale[:, i], out=err1t[i])
-            w1[:, i:].addr_(err1t[i], hinv1[i, i:], alpha=-1.0)  # leaves column i at q
-        w[:, start:end] = w1.masked_fill_(p1, 0.0)  # pruned entries exactly zero
-        w[:, end:].addmm_(err1t.T, hinv[start:end, end:], alpha=-1.0)
-        pruned[:, start:end] = p1
+        # err of column i = (w − q) / d_i = w · pruned / d_i
+        scale = p1 / d[:, None]
+        err1 = torch.empty_like(w1)
+        for s0 in range(0, end - start, step):
+            s1 = min(s0 + step, end - start)
+            for i in range(s0, s1):
+                if nm is not None and (i - s0) % nm[1] == 0:
+                    group = slice(i, i + nm[1])
+                    p1[group] = ~nm_mask(w1[group].T.pow(2) / d[group].pow(2), *nm).T
+                    scale[group] = p1[group] / d[group, None]
+                torch.mul(w1[i], scale[i], out=err1[i])
+                w1[i:s1].addr_(hinv1[i, i:s1], err1[i], alpha=-1.0)  # leaves column i at q
+            w1[s1:].addmm_(hinv1[s0:s1, s1:].T, err1[s0:s1], alpha=-1.0)
+        w[:, start:end] = w1.masked_fill_(p1, 0.0).T  # pruned entries exactly zero
+        w[:, end:].addmm_(err1.T, hinv[start:end, end:], alpha=-1.0)
+        pruned[:, start:end] = p1.T
     return w, ~pruned
 
 
