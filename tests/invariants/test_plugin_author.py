@@ -52,11 +52,6 @@ class TwoRatioGreedy:
     choice: dict[str, float] = attrs.field(factory=dict)
     records: dict = attrs.field(factory=dict)
 
-    def _targets(self, session: SearchSession, block: Block) -> list[str]:
-        if session.granularity == "unstructured":
-            return [u.name for u in block.units]
-        return [g.name for g in block.groups if g.kind == session.granularity]
-
     def prepare(self, session: SearchSession, target: float) -> None:
         low, high = max(target - self.delta, 0.0), min(target + self.delta, 0.95)
         inputs = session.capture(session.calibration)
@@ -66,7 +61,7 @@ class TwoRatioGreedy:
             errors = []
             for ratio in (low, high):
                 with session.trial(block):
-                    allocation = {name: UnitAllocation(ratio) for name in self._targets(session, block)}
+                    allocation = {t.name: UnitAllocation(ratio) for t in block.targets(session.granularity)}
                     session.prune_block(block, stats, inputs, allocation)
                     pruned = session.run(block, inputs)
                     errors.append(sum(float((p - d).pow(2).sum()) for p, d in zip(pruned.hidden, dense.hidden)))

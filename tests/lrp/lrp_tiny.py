@@ -84,3 +84,14 @@ def family(request) -> str:
 @pytest.fixture(params=sorted(TV_SPECS))
 def tv_family(request) -> str:
     return request.param
+
+
+@pytest.fixture(params=sorted(ALL))
+def any_family(request) -> str:
+    """Every tiny model, timm and torchvision."""
+    return request.param
+
+
+#: the structured kinds each tiny model's adapter defines
+KINDS = {"vgg": ["channels"], "resnet": ["channels"], "bottleneck": ["channels"], "vit": ["neurons", "heads"],
+         "tv_vgg": ["channels"], "tv_resnet18": ["channels"], "tv_resnet50": ["channels"], "tv_vit": ["heads", "neurons"]}

@@ -13,17 +13,13 @@ from secateurs.errors import SecateursError
 from secateurs.loading import wrap
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.plugins import get_manager
-from secateurs.protocols import LoadedModel, ScoreContext
+from secateurs.protocols import LoadedModel
 from secateurs_lrp.canonizers import canonized
 from secateurs_lrp.composites import CompositeSpec, depth_groups
 from secateurs_lrp.relevance import conservation
 from secateurs_lrp.scorers import LrpScorer
 from secateurs_lrp.zoos import canonizers_for
-from lrp_tiny import CLASSES, calibration, images, tiny, tv_family  # noqa: F401 (fixtures)
-
-KINDS = {"tv_vgg": ["channels"], "tv_resnet18": ["channels"], "tv_resnet50": ["channels"],
-         "tv_vit": ["heads", "neurons"]}
-
+from lrp_tiny import CLASSES, KINDS, calibration, images, tiny, tv_family  # noqa: F401 (fixtures)
 
 @pytest.mark.parametrize("relevance", [True, False])
 def test_canonizers_preserve_outputs_and_revert(tv_family, relevance):
@@ -63,18 +59,6 @@ def test_epsilon_conserves_relevance(tv_family):
     ratio = conservation(model, x, labels, spec.build(model).context, entry)
     assert ratio.median().item() == pytest.approx(1.0, abs=0.01), ratio
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=0.06), ratio
-
-
-@pytest.mark.parametrize("scorer", ["lrp", "taylor"])
-def test_scores_every_group_once(tv_family, scorer):
-    loaded = tiny(tv_family)
-    s = get_manager().scorers.create(scorer, samples_per_class=2, batch_size=5)
-    s.prepare(loaded, calibration(tv_family))
-    groups = [g for b in loaded.adapter.blocks(loaded.model) for g in b.groups]
-    assert {g.name for g in groups} == set(s.cache)
-    for g in groups:
-        scores = s.score_group(g, ScoreContext())
-        assert scores.shape == (g.size,) and torch.isfinite(scores).all() and scores.sum() > 0
 
 
 def test_lrp_removes_through_the_pipeline(tv_family):

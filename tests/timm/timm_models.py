@@ -27,16 +27,20 @@ SPECS: dict[str, tuple[TimmSpec, float]] = {
 FAMILY = {"vit": "vit", "vgg": "vgg", "vgg_nobn": "vgg", "resnet": "resnet", "bottleneck": "resnet"}
 
 
-@functools.cache
-def _prototype(name: str) -> torch.nn.Module:
+def random_model(spec, width: float) -> torch.nn.Module:
+    """``spec.create()`` seeded, every group narrowed to ``width`` of its components (its
+    adapter's groups), with random BatchNorm statistics; in train mode."""
     torch.manual_seed(0)
-    spec, width = SPECS[name]
     model = spec.create()
     if width != 1.0:
-        groups = [g for b in adapter_for(model).blocks(model) for g in b.groups]
-        narrow(model, groups, width)
+        narrow(model, [g for b in adapter_for(model).blocks(model) for g in b.groups], width)
     randomize_batchnorm(model)
-    return model.eval()
+    return model
+
+
+@functools.cache
+def _prototype(name: str) -> torch.nn.Module:
+    return random_model(*SPECS[name]).eval()
 
 
 def randomize_batchnorm(model: torch.nn.Module) -> None:

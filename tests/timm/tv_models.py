@@ -11,9 +11,8 @@ import torch
 
 from secateurs.loading import wrap
 from secateurs.protocols import LoadedModel
-from secateurs_timm.narrow import narrow
 from secateurs_timm.tvspec import TorchvisionSpec
-from timm_models import randomize_batchnorm
+from timm_models import random_model
 
 VIT = {"image_size": 16, "patch_size": 4, "num_layers": 2, "num_heads": 4, "hidden_dim": 32, "mlp_dim": 64}
 SPECS: dict[str, tuple[TorchvisionSpec, float]] = {
@@ -30,13 +29,7 @@ KINDS = {"tv_vgg": ["channels"], "tv_resnet18": ["channels"], "tv_resnet50": ["c
 
 @functools.cache
 def _prototype(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    spec, width = SPECS[name]
-    model = spec.create()
-    if width != 1.0:
-        adapter = wrap(model).adapter
-        narrow(model, [g for b in adapter.blocks(model) for g in b.groups], width)
-    randomize_batchnorm(model)
+    model = random_model(*SPECS[name])
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.Linear) and not m.weight.any():  # torchvision's zero-initialised ViT head

@@ -37,8 +37,8 @@ def rows_topk(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Keep the ``keep[r]`` highest scores of every row of a ``[R, n]`` tensor.
 
     Ties go to the earlier position (as a stable descending sort). When rows share a few
-    keep counts (uniform rows), each set of rows uses a selection (``kthvalue``) instead
-    of a full sort: the same mask, about 2x faster on CPU.
+    keep counts (uniform rows), each set of rows uses a threshold (``_threshold_topk``)
+    instead of a full sort: the same mask, faster on CPU.
     """
     counts = keep.unique()
     if counts.numel() <= _FEW_KEEPS and scores.is_floating_point() and not torch.isnan(scores.sum()):  # no NaN

@@ -137,9 +137,7 @@ class Session:
     # -- what a block is pruned by -----------------------------------------------------
     def targets(self, block: Block) -> list[Unit] | list[Group]:
         """The units (unstructured) or groups of the run's kind in ``block``."""
-        if self.spec.granularity == UNSTRUCTURED:
-            return list(block.units)
-        return [g for g in block.groups if g.kind == self.spec.granularity]
+        return block.targets(self.spec.granularity)
 
     # -- the run's parts, read-only (``SearchSession``) ---------------------------------
     @property

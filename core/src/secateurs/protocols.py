@@ -21,12 +21,11 @@ import torch
 from torch import nn
 
 from secateurs.block_inputs import Inputs
-from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit
+from secateurs.types import UNSTRUCTURED, Allocation, Block, Group, InputStats, PruneResult, Unit
 
 STAT_SQ_NORM = "sq_norm"
 STAT_HESSIAN = "hessian"
 NEEDS_REFERENCE = "reference"
-UNSTRUCTURED = "unstructured"
 """The granularity that prunes entries of units (every other granularity is a group kind)."""
 
 

@@ -13,6 +13,9 @@ import attrs
 import torch
 from torch import nn
 
+UNSTRUCTURED = "unstructured"
+"""The granularity that prunes entries of units (the others are group kinds)."""
+
 
 @attrs.frozen(eq=False)
 class Unit:
@@ -141,6 +144,13 @@ class Block:
     units: tuple[Unit, ...]
     groups: tuple[Group, ...] = ()
     stages: tuple[tuple[str, ...], ...] = ()
+
+    def targets(self, granularity: str) -> list[Unit] | list[Group]:
+        """What a run at ``granularity`` prunes here: the units (``"unstructured"``) or the
+        groups of that kind."""
+        if granularity == UNSTRUCTURED:
+            return list(self.units)
+        return [g for g in self.groups if g.kind == granularity]
 
     def consumers(self) -> dict[str, str]:
         """Unit name → the unit that consumes its outputs, from the stages: every unit of a

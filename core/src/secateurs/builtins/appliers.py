@@ -70,11 +70,7 @@ class ZeroApplier:
 
 def group_masks(block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, kind: str) -> dict[str, torch.Tensor]:
     """Per-component keep masks of the ``kind`` groups of ``block``."""
-    return {
-        g.name: matrix_topk(scores[g.name], allocation[g.name].sparsity)
-        for g in block.groups
-        if g.kind == kind
-    }
+    return {g.name: matrix_topk(scores[g.name], allocation[g.name].sparsity) for g in block.targets(kind)}
 
 
 def zero_groups(block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, kind: str) -> dict[str, torch.Tensor]:

@@ -121,8 +121,7 @@ def check_scorer(scorer: Scorer, where: Where = Where(), *, applier: str = "zero
     if not scorer.selects:
         scores = dense_scores(loaded, spec, to_cpu=False)
         blocks = loaded.adapter.blocks(loaded.model)
-        targets = [t for b in blocks for t in (b.units if granularity == UNSTRUCTURED else
-                                               [g for g in b.groups if g.kind == granularity])]
+        targets = [t for b in blocks for t in b.targets(granularity)]
         assert targets, f"the model has no {granularity!r} targets to score"
         for target in targets:
             score = scores.get(target.name)
