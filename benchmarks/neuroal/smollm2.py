@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from results_io import peak_rss_mib, results_path, write_results  # noqa: E402
 
 NAME = "neuroal_smollm2"
-RESULTS = results_path(NAME)
 MODEL = "smollm2-135m"
 CALIBRATION = {"name": "text", "corpus": "shakespeare-train", "nsamples": 16, "seqlen": 64}
 EVALUATION = {"corpus": "shakespeare-test", "seqlen": 256, "max_windows": 6}
@@ -42,10 +41,12 @@ SCORERS = {
     "magnitude": ({"name": "magnitude", "comparison": "row"}, "zero"),
     "sparsegpt": ({"name": "wanda"}, "sparsegpt"),  # the scorer only feeds OWL's outlier ratios
 }
+PUBLISHED = {"dense_inputs": "pruned", "search_samples": 8}
+"""The published search: the dense block on each candidate's inputs, 8 samples at full length."""
 COARSE = {"block_grid": [0.02, 0.05, 0.1, 0.15, 0.2, 0.25], "row_grid": [0.0, 0.02, 0.05, 0.1, 0.15, 0.25]}
-CHEAP = {**COARSE, "search_samples": 2, "search_seqlen": 32}
-"""The NeuroAL variant of the quality grid (the full published search does not fit the
-time budget on this machine for every configuration; see the README)."""
+CHEAP = {**COARSE, "dense_inputs": "pruned", "search_samples": 2, "search_seqlen": 32}
+"""The NeuroAL variant of the first quality grid (the full published search did not fit
+the time budget on this machine for every configuration; see the README)."""
 
 
 def config(name: str, base: str, allocator: dict, sparsity: float) -> dict:
@@ -61,37 +62,41 @@ def configurations() -> list[dict]:
         config("wanda/uniform/0.7", "wanda", {"name": "uniform"}, 0.7),
         w70("cheap", CHEAP),
         config("wanda/owl/0.7", "wanda", {"name": "owl"}, 0.7),
-        config("wanda/neuroal/0.7", "wanda", {"name": "neuroal"}, 0.7),  # the published defaults
+        config("wanda/neuroal/0.7", "wanda", {"name": "neuroal", **PUBLISHED}, 0.7),
     ]
     for sparsity, base in [(0.8, "wanda"), (0.7, "magnitude"), (0.8, "magnitude"), (0.6, "wanda"), (0.6, "magnitude")]:
         out.append(config(f"{base}/uniform/{sparsity}", base, {"name": "uniform"}, sparsity))
         out.append(config(f"{base}/owl/{sparsity}", base, {"name": "owl"}, sparsity))
         out.append(config(f"{base}/neuroal[cheap]/{sparsity}", base, {"name": "neuroal", **CHEAP}, sparsity))
     out += [
-        w70("samples2-seqlen32", {"search_samples": 2, "search_seqlen": 32}),
+        w70("samples2-seqlen32", {"dense_inputs": "pruned", "search_samples": 2, "search_seqlen": 32}),
         config("sparsegpt/uniform/0.7", "sparsegpt", {"name": "uniform"}, 0.7),
         config("sparsegpt/owl/0.7", "sparsegpt", {"name": "owl"}, 0.7),
         config("sparsegpt/neuroal[cheap]/0.7", "sparsegpt", {"name": "neuroal", **CHEAP}, 0.7),
-        w70("seqlen32", {"search_seqlen": 32}),
-        w70("samples2", {"search_samples": 2}),
-        w70("coarse", COARSE),
-        config("wanda/neuroal/0.6", "wanda", {"name": "neuroal"}, 0.6),  # the published defaults
-        config("wanda/neuroal/0.8", "wanda", {"name": "neuroal"}, 0.8),
+        w70("seqlen32", {**PUBLISHED, "search_seqlen": 32}),
+        w70("samples2", {**PUBLISHED, "search_samples": 2}),
+        w70("coarse", {**PUBLISHED, **COARSE}),
+        config("wanda/neuroal/0.6", "wanda", {"name": "neuroal", **PUBLISHED}, 0.6),
+        config("wanda/neuroal/0.8", "wanda", {"name": "neuroal", **PUBLISHED}, 0.8),
     ]
+    # NeuroAL's defaults since 2026-12-02 (dense_inputs = "dense", fewer search samples)
+    out += [config(f"{base}/neuroal[default]/{s}", base, {"name": "neuroal"}, s) for base in ("wanda", "magnitude") for s in (0.6, 0.7, 0.8)]
+    out.append(config("sparsegpt/neuroal[default]/0.7", "sparsegpt", {"name": "neuroal"}, 0.7))
     assert len({c["name"] for c in out}) == len(out), "configuration names must be unique"
     return out
 
 
 def run_one(cfg: dict) -> dict:
-    """Inside the subprocess: prune (or not) and measure perplexity."""
+    """Inside the subprocess: prune (or not) and measure perplexity (``cfg`` may override
+    ``calibration``, ``evaluation`` and ``threads``)."""
     import torch
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(cfg.get("threads", THREADS))
     from secateurs.loading import load
     from secateurs.plugins import get_manager
     from secateurs.run import prune
 
-    evaluator = get_manager().evaluators.create("perplexity", progress=False, **EVALUATION)
+    evaluator = get_manager().evaluators.create("perplexity", progress=False, **cfg.get("evaluation", EVALUATION))
     if cfg.get("dense"):
         loaded = load(MODEL)
         return {"perplexity": evaluator.evaluate(loaded)["perplexity"], "sparsity": 0.0}
@@ -101,7 +106,7 @@ def run_one(cfg: dict) -> dict:
         "scorer": cfg["scorer"],
         "allocator": cfg["allocator"],
         "applier": cfg["applier"],
-        "calibration": CALIBRATION,
+        "calibration": cfg.get("calibration", CALIBRATION),
     }
     cpu = time.process_time()
     outcome = prune(recipe, progress=False)
@@ -138,7 +143,7 @@ def measure(cfg: dict) -> dict:
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, __file__, "--config", json.dumps(cfg)],
-        capture_output=True, text=True, env=_child_env(), check=False,
+        capture_output=True, text=True, env=_child_env(cfg.get("threads", THREADS)), check=False,
     )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
@@ -147,20 +152,23 @@ def measure(cfg: dict) -> dict:
     return {"name": cfg["name"], **{k: v for k, v in cfg.items() if k != "name"}, **row, "wall_seconds": wall}
 
 
-def _child_env() -> dict[str, str]:
-    """One thread; byte-code cached in a private prefix (imports compile once, not per run)."""
+def _child_env(threads: int) -> dict[str, str]:
+    """``threads`` threads; byte-code cached in a private prefix (imports compile once, not per run)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     cache = Path(tempfile.gettempdir()) / "secateurs-neuroal-bench-pycache"
-    return {**env, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false", "PYTHONPYCACHEPREFIX": str(cache)}
-
-
-def save(rows: list[dict]) -> None:
-    payload = {"model": MODEL, "calibration": CALIBRATION, "evaluation": EVALUATION, "threads": THREADS, "rows": rows}
-    write_results(NAME, payload)
+    return {**env, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "PYTHONPYCACHEPREFIX": str(cache)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run_all(NAME, configurations(), {"model": MODEL, "calibration": CALIBRATION, "evaluation": EVALUATION, "threads": THREADS}, __doc__)
+
+
+def run_all(name: str, configs: list[dict], setup: dict, doc: str | None) -> None:
+    """The command line of a grid: run every configuration of ``configs`` not yet in
+    ``benchmarks/results/<name>.json`` (``--only``, ``--list``), each in its own process,
+    saving after each with ``setup`` (what every row shares)."""
+    results = results_path(name)
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--only", nargs="*", help="run only these configuration names")
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
@@ -170,11 +178,10 @@ def main() -> None:
         row["peak_rss_mb"] = peak_rss_mib()
         print(json.dumps(row))
         return
-    configs = configurations()
     if args.list:
         print("\n".join(c["name"] for c in configs))
         return
-    rows = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
+    rows = json.loads(results.read_text())["rows"] if results.exists() else []
     done = {r["name"] for r in rows if "error" not in r}
     rows = [r for r in rows if r["name"] in done]
     for cfg in configs:
@@ -182,7 +189,7 @@ def main() -> None:
             continue
         row = measure(cfg)
         rows.append(row)
-        save(rows)
+        write_results(name, {**setup, "rows": rows})
         keys = ("perplexity", "sparsity", "prune_seconds", "prune_cpu_seconds", "wall_seconds", "peak_rss_mb", "error")
         summary = {k: row.get(k) for k in keys}
         print(cfg["name"], json.dumps(summary), flush=True)

@@ -21,10 +21,11 @@ from secateurs.offload import Budget
 from secateurs.plugins import PluginManager
 from secateurs.protocols import OPTIONAL, LoadedModel
 from secateurs.block_inputs import Inputs
+from secateurs.builtins.appliers import ZeroApplier
 from secateurs.builtins.remove import RemoveApplier
 from secateurs.builtins.scorers import MagnitudeScorer
 from secateurs.pipeline import PruneSpec, prune_model
-from secateurs.testing import tiny_model
+from secateurs.testing import GaussianBatches, tiny_model
 from secateurs.types import Block, Group, UnitAllocation
 from toy_plugin import InputWeighted, MLPStack, MLPStackAdapter, Ramp, ToyPlugin, ZeroAndCount
 
@@ -142,7 +143,7 @@ class CheckingZero(ZeroAndCount):
             raise SecateursError(f"checking-zero prunes entries, not {granularity}")
 
 
-OPTIONAL_PARTS = (ExplainingMLPAdapter(), RecordingScorer(), CheckingZero(), Ramp(), RemoveApplier())
+OPTIONAL_PARTS = (ExplainingMLPAdapter(), RecordingScorer(), CheckingZero(), Ramp(), RemoveApplier(), ZeroApplier())
 
 
 @attrs.define
@@ -175,6 +176,54 @@ class BareRemove:
 
 def _trying(applier) -> PruneSpec:
     return PruneSpec(MagnitudeScorer(), TriesEveryBlock(), applier, 0.5, granularity="neurons", progress=False)
+
+
+@attrs.define
+class TriesRanked:
+    """A searching allocator that prunes every block under two allocations, from ranks
+    and from scores, and records whether masks and weights agree."""
+
+    needs_scores: ClassVar[bool] = True
+    per_row: bool = True
+    agreed: list[bool] = attrs.field(factory=list)
+    ranked: list[bool] = attrs.field(factory=list)
+
+    def prepare(self, session, target: float) -> None:
+        inputs = session.capture(session.calibration)
+        for block in session.blocks:
+            stats, next_inputs = session.collect(block, inputs, keep_outputs=True)
+            scores = session.score(block, stats)
+            ranks = session.ranks(block, scores)
+            self.ranked.append(ranks is not None)
+            for s in (0.3, 0.7):
+                allocation = {u.name: UnitAllocation(s, rows=self._rows(u, s)) for u in block.units}
+                results = []
+                for use in (ranks, None):
+                    with session.trial(block):
+                        masks, _ = session.prune_block(block, stats, inputs, allocation, scores=scores, ranks=use)
+                        results.append((masks, [u.weight.detach().clone() for u in block.units]))
+                (m1, w1), (m2, w2) = results
+                self.agreed.append(all(torch.equal(m1[k], m2[k]) for k in m1) and all(map(torch.equal, w1, w2)))
+            inputs = next_inputs
+
+    def _rows(self, unit, sparsity: float) -> torch.Tensor | None:
+        return torch.linspace(0, sparsity, unit.rows).double() if self.per_row else None
+
+    def allocate(self, block: Block, scores, target: float):
+        return {name: UnitAllocation(target) for name in scores}
+
+
+@pytest.mark.parametrize("comparison,pattern,ranked", [("row", None, True), ("matrix", None, False), ("row", "2:4", False)])
+def test_masks_from_ranks_equal_masks_from_scores(comparison, pattern, ranked):
+    """Where the applier ranks rows, ``prune_block(ranks=)`` prunes exactly as from scores;
+    elsewhere ``ranks`` is ``None`` (per-matrix comparison, N:M patterns)."""
+    loaded, allocator = tiny_model(), TriesRanked(per_row=comparison == "row" and pattern is None)
+    spec = PruneSpec(
+        MagnitudeScorer(comparison=comparison), allocator, ZeroApplier(pattern=pattern), 0.5,
+        calibration=GaussianBatches().batches(loaded), progress=False,
+    )
+    prune_model(loaded, spec)
+    assert allocator.ranked == [ranked] * 3 and allocator.agreed == [True] * 6
 
 
 def test_trials_with_a_resizing_applier_zero_then_undo():

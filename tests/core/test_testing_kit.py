@@ -9,6 +9,7 @@ from typing import ClassVar
 import attrs
 import pytest
 import torch
+from secateurs.builtins.appliers import ZeroApplier
 from secateurs.plugins import get_manager
 from secateurs.protocols import NEEDS_REFERENCE, Allocator, Scorer, StructuredScorer
 from secateurs.run import prune
@@ -107,6 +108,16 @@ def test_checks_name_what_is_wrong():
     with pytest.raises(AssertionError, match="is no Allocator: it lacks needs_scores"):
         check_allocator(Greedy())
     assert isinstance(HalfStructured(), Scorer) and not isinstance(Greedy(), Allocator)
+    with pytest.raises(AssertionError, match="apply_ranked's mask of blocks.0.up differs from apply's"):
+        check_applier(RanksUpsideDown())
+
+
+@attrs.frozen
+class RanksUpsideDown(ZeroApplier):
+    """``apply_ranked`` keeps the lowest-ranked entries: not ``apply``'s masks."""
+
+    def apply_ranked(self, block, ranks, allocation, ctx):
+        return super().apply_ranked(block, {n: r.shape[1] - 1 - r for n, r in ranks.items()}, allocation, ctx)
 
 
 def test_an_optional_member_that_is_no_method_is_named():

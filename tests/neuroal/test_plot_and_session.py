@@ -118,3 +118,15 @@ def test_rows_topk_fast_path_equals_the_stable_sort(distinct, ties):
         scores = torch.randint(0, 3, (17, 23), generator=gen).float() if ties else torch.rand(17, 23, generator=gen)
         keep = torch.randint(0, 24, (distinct,), generator=gen)[torch.randint(0, distinct, (17,), generator=gen)]
         assert torch.equal(masks.rows_topk(scores, keep), _sorted_topk(scores, keep))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_one_sort_serves_every_keep_count(ties):
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 3, (17, 23), generator=gen).float() if ties else torch.rand(17, 23, generator=gen)
+    ranks = masks.row_ranks(scores)
+    assert ranks.dtype == torch.int32 and torch.equal(ranks.sort(1).values, torch.arange(23).expand(17, 23).int())
+    for _ in range(20):
+        keep = torch.randint(0, 24, (17,), generator=gen)
+        assert torch.equal(masks.ranked_keep(ranks, keep), _sorted_topk(scores, keep))
+

@@ -50,10 +50,24 @@ def rows_topk(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
             rows = rows_of == count
             mask[rows] = _threshold_topk(scores[rows], count)
         return mask
-    keep = keep.to(scores.device).view(-1, 1)
+    return ranked_keep(row_ranks(scores), keep)
+
+
+def row_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Each entry's rank within its row of a ``[R, n]`` tensor, 0 = the highest score
+    (int32; ties ranked by position, the earlier first, as ``rows_topk`` breaks them).
+
+    One sort serves many keep counts: ``ranked_keep(row_ranks(s), keep)`` equals
+    ``rows_topk(s, keep)`` for every ``keep``.
+    """
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
-    ranks_kept = torch.arange(scores.shape[1], device=scores.device).view(1, -1) < keep
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, ranks_kept)
+    positions = torch.arange(scores.shape[1], device=scores.device, dtype=torch.int32).expand_as(order)
+    return torch.empty_like(order, dtype=torch.int32).scatter_(1, order, positions)
+
+
+def ranked_keep(ranks: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Keep-mask from ``row_ranks``: every row ``r`` keeps its ``keep[r]`` best-ranked entries."""
+    return ranks < keep.to(ranks.device, torch.int32).view(-1, 1)
 
 
 def _threshold_topk(scores: torch.Tensor, keep: int) -> torch.Tensor:

@@ -38,6 +38,7 @@ from secateurs.protocols import (
     CheckingApplier,
     LoadedModel,
     PreparingScorer,
+    RankingApplier,
     Recording,
     ResizingApplier,
     Scorer,
@@ -45,7 +46,7 @@ from secateurs.protocols import (
     StructuredRefusing,
     StructuredScorer,
 )
-from secateurs.masks import keep_counts
+from secateurs.masks import keep_counts, row_ranks
 from secateurs.offload import materialized
 from secateurs.stats import StatsComplete, collect_stats
 from secateurs.structured import entry_layout, removed_entries
@@ -301,6 +302,19 @@ class Session:
             raise SecateursError(f"allocator gave no sparsity for {missing[:3]} in block {block.name!r}")
         return allocation
 
+    def ranks(self, block: Block, scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """``masks.row_ranks`` of every unit's ``scores``, for ``prune_block(..., ranks=)``;
+        ``None`` when the run cannot apply masks from ranks (the applier is not a
+        ``RankingApplier`` for this configuration, the scorer selects or does not compare
+        per row, or the granularity is structured)."""
+        applier, scorer = self.spec.applier, self.spec.scorer
+        if not (isinstance(applier, RankingApplier) and applier.ranks_rows):
+            return None
+        if scorer.selects or scorer.comparison != "row" or self.spec.granularity != UNSTRUCTURED:
+            return None
+        with torch.no_grad(), self.timed("score"):
+            return {u.name: row_ranks(u.as_rows(scores[u.name])) for u in block.units if u.name in scores}
+
     def prune_block(
         self,
         block: Block,
@@ -308,19 +322,37 @@ class Session:
         inputs: Inputs,
         allocation: Allocation | None = None,
         scores: Mapping[str, torch.Tensor] | None = None,
+        ranks: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, torch.Tensor], Allocation]:
         """Score, allocate (unless ``allocation`` is given) and apply masks to ``block``.
 
         ``scores``: this block's scores computed earlier with the same weights and
         statistics (allocators that try several allocations share them); ignored for
-        scorers that select given keep counts.
+        scorers that select given keep counts. ``ranks``: what ``ranks(block, scores)``
+        returned for them (with ``scores`` and ``allocation``): the masks come from the
+        ranks, no sorting.
         """
+        if ranks is not None:
+            if scores is None or allocation is None:
+                raise SecateursError("prune_block(ranks=...) needs the scores the ranks came from and an allocation")
+            return self._apply(block, stats, inputs, scores, allocation, ranks), allocation
         if self.spec.scorer.selects:
             allocation = allocation or self.allocate(block, None)
             scores = self.score(block, stats, allocation)
         else:
             scores = scores if scores is not None else self.score(block, stats)
             allocation = allocation or self.allocate(block, scores)
+        return self._apply(block, stats, inputs, scores, allocation), allocation
+
+    def _apply(
+        self,
+        block: Block,
+        stats: Mapping[str, InputStats],
+        inputs: Inputs,
+        scores: Mapping[str, torch.Tensor],
+        allocation: Allocation,
+        ranks: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         ctx = BlockContext(
             block=block,
             stats=stats,
@@ -335,8 +367,9 @@ class Session:
         if block.name in self._trying and isinstance(applier, ResizingApplier):
             applier = applier.in_place()  # same outputs, shapes kept: the trial can undo it
         with torch.no_grad(), self.timed("apply"):
-            masks = applier.apply(block, scores, allocation, ctx)
-        return masks, allocation
+            if ranks is not None:
+                return applier.apply_ranked(block, ranks, allocation, ctx)
+            return applier.apply(block, scores, allocation, ctx)
 
     @contextmanager
     def trial(self, block: Block) -> Iterator[None]:

@@ -150,7 +150,9 @@ class SearchSession(Protocol):
     arguments: ``secateurs.block_inputs.Inputs``). ``run`` / ``collect`` /
     ``collect_streams`` run a block on inputs (returning the next block's inputs and input
     statistics); ``score`` and ``prune_block`` score, allocate and apply masks with the
-    run's parts; ``trial(block)`` restores the block's weights on exit, so candidates can
+    run's parts; ``ranks(block, scores)`` sorts the scores once for many ``prune_block``
+    calls with different allocations (``None`` unless the run's applier is a
+    ``RankingApplier`` for this configuration); ``trial(block)`` restores the block's weights on exit, so candidates can
     be tried and undone.
     """
 
@@ -198,6 +200,8 @@ class SearchSession(Protocol):
         self, block: Block, stats: Mapping[str, InputStats], allocation: Allocation | None = None
     ) -> dict[str, torch.Tensor]: ...
 
+    def ranks(self, block: Block, scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None: ...
+
     def prune_block(
         self,
         block: Block,
@@ -205,6 +209,7 @@ class SearchSession(Protocol):
         inputs: Inputs,
         allocation: Allocation | None = None,
         scores: Mapping[str, torch.Tensor] | None = None,
+        ranks: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, torch.Tensor], Allocation]: ...
 
     def trial(self, block: Block) -> AbstractContextManager[None]: ...
@@ -235,8 +240,8 @@ class Applier(Protocol):
 
     Returns the keep-mask (bool, weight shape) of every unit it pruned. ``requires``: the
     statistics it needs itself (SparseGPT: ``"hessian"``). ``row_ratios``: whether it
-    honours per-row sparsity ratios. Optional members: ``CheckingApplier`` (``check``) and
-    ``ResizingApplier`` (``in_place``).
+    honours per-row sparsity ratios. Optional members: ``CheckingApplier`` (``check``),
+    ``ResizingApplier`` (``in_place``) and ``RankingApplier`` (``ranks_rows``, ``apply_ranked``).
     """
 
     requires: frozenset[str]
@@ -377,6 +382,22 @@ class ResizingApplier(Protocol):
 
 
 @runtime_checkable
+class RankingApplier(Protocol):
+    """An applier whose unstructured masks under per-row comparison keep each row's
+    highest-scored entries (``zero`` without a pattern). ``ranks_rows``: whether that holds
+    for this configuration. ``apply_ranked(block, ranks, allocation, ctx)`` then applies the
+    same masks as ``apply`` from ``masks.row_ranks`` of the scores (one sort per unit shared
+    by many allocations: searching allocators try many on the same scores)."""
+
+    @property
+    def ranks_rows(self) -> bool: ...
+
+    def apply_ranked(
+        self, block: Block, ranks: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
+    ) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
 class Recording(Protocol):
     """A scorer or allocator with data for the report: after the run, its ``records``
     (JSON-serialisable, keyed by the part's own name, e.g. ``{"owl": {...}}``) are merged
@@ -389,7 +410,7 @@ OPTIONAL: dict[type, tuple[type, ...]] = {
     Adapter: (ResizingAdapter, ExplainingAdapter, ExplainingLoader, BudgetLoader, StructuredRefusing, GenericAdapter),
     Scorer: (StructuredScorer, PreparingScorer, Recording),
     Allocator: (Recording,),
-    Applier: (CheckingApplier, ResizingApplier),
+    Applier: (CheckingApplier, ResizingApplier, RankingApplier),
 }
 """Base protocol → the protocols of the optional members a part of that kind may implement."""
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import attrs
@@ -11,10 +11,10 @@ import torch
 
 from secateurs.errors import SecateursError
 from secateurs.hookspecs import hookimpl
-from secateurs.masks import build_mask, matrix_topk, parse_nm
+from secateurs.masks import build_mask, keep_counts, matrix_topk, parse_nm, ranked_keep
 from secateurs.protocols import UNSTRUCTURED, BlockContext
 from secateurs.structured import zero_components
-from secateurs.types import Allocation, Block
+from secateurs.types import Allocation, Block, Unit
 
 
 def _check_pattern(pattern: str | None) -> None:
@@ -53,19 +53,44 @@ class ZeroApplier:
                         f"(width {unit.row_width}); choose an M that divides it"
                     )
 
+    @property
+    def ranks_rows(self) -> bool:
+        return self.pattern is None
+
     def apply(
         self, block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
     ) -> dict[str, torch.Tensor]:
         if ctx.granularity != UNSTRUCTURED:
             return zero_groups(block, scores, allocation, ctx.granularity)
-        masks = {}
-        for unit in block.units:
-            if unit.name not in scores:
-                continue
-            mask = build_mask(scores[unit.name], allocation[unit.name], ctx.comparison, self.pattern)
+        return _zero_units(
+            block, scores, lambda unit, s: build_mask(s, allocation[unit.name], ctx.comparison, self.pattern)
+        )
+
+    def apply_ranked(
+        self, block: Block, ranks: Mapping[str, torch.Tensor], allocation: Allocation, ctx: BlockContext
+    ) -> dict[str, torch.Tensor]:
+        """``apply`` with per-row comparison, masks from ``masks.row_ranks`` of the scores."""
+        if not self.ranks_rows or ctx.comparison != "row" or ctx.granularity != UNSTRUCTURED:
+            raise SecateursError("apply_ranked needs unstructured per-row masks without an N:M pattern")
+
+        def mask(unit: Unit, r: torch.Tensor) -> torch.Tensor:
+            keep = keep_counts(allocation[unit.name], unit.rows, unit.row_width)
+            return ranked_keep(r, keep).view_as(unit.weight)
+
+        return _zero_units(block, ranks, mask)
+
+
+def _zero_units(
+    block: Block, by_unit: Mapping[str, torch.Tensor], mask_of: Callable[[Unit, torch.Tensor], torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Zero ``mask_of(unit, by_unit[name])``'s pruned entries in every unit named in ``by_unit``."""
+    masks = {}
+    for unit in block.units:
+        if unit.name in by_unit:
+            mask = mask_of(unit, by_unit[unit.name])
             unit.weight.data.mul_(mask.to(unit.weight.device))
             masks[unit.name] = mask
-        return masks
+    return masks
 
 
 def group_masks(block: Block, scores: Mapping[str, torch.Tensor], allocation: Allocation, kind: str) -> dict[str, torch.Tensor]:

@@ -21,13 +21,16 @@ from secateurs.protocols import (
     UNSTRUCTURED,
     Allocator,
     Applier,
+    BlockContext,
     LoadedModel,
+    RankingApplier,
     Scorer,
     StructuredScorer,
     missing_members,
 )
 from secateurs.testing.toy import GaussianBatches, tiny_model
-from secateurs.types import Group, PruneResult, Unit
+from secateurs.masks import row_ranks
+from secateurs.types import Group, PruneResult, Unit, UnitAllocation
 
 
 def quiet_spec(
@@ -153,13 +156,40 @@ def check_allocator(
 
 
 def check_applier(applier: Applier, where: Where = Where(), *, scorer: str = "magnitude") -> PruneResult:
-    """``applier`` satisfies ``Applier``; a run with the registered ``scorer`` and the
-    uniform allocator reaches the sparsity."""
+    """``applier`` satisfies ``Applier``; a ``RankingApplier`` gives the same masks and
+    weights from ranks as from scores (tied scores, per-row keep counts); a run with the
+    registered ``scorer`` and the uniform allocator reaches the sparsity."""
     assert_implements(applier, Applier)
     loaded, spec = where.run(scorer, "uniform", applier)
+    if isinstance(applier, RankingApplier) and applier.ranks_rows and where.granularity == UNSTRUCTURED:
+        _check_ranked(applier, loaded)
     result = prune_model(loaded, spec)
     _assert_sparsity(result, where)
     return result
+
+
+def _check_ranked(applier: RankingApplier, loaded: LoadedModel) -> None:
+    block = loaded.adapter.blocks(loaded.model)[0]
+    gen = torch.Generator().manual_seed(0)
+    scores = {u.name: torch.randint(0, 4, u.weight.shape, generator=gen).float() for u in block.units}  # many ties
+    allocation = {
+        u.name: UnitAllocation(0.5, rows=torch.rand(u.rows, generator=gen, dtype=torch.float64) * 0.9)
+        for u in block.units
+    }
+    ranks = {u.name: row_ranks(u.as_rows(scores[u.name])) for u in block.units}
+    ctx = BlockContext(block=block, stats={}, comparison="row", generator=gen, recollect=lambda units: {})
+    saved = {u.name: u.weight.detach().clone() for u in block.units}
+    by_scores = applier.apply(block, scores, allocation, ctx)
+    pruned = {u.name: u.weight.detach().clone() for u in block.units}
+    with torch.no_grad():
+        for u in block.units:
+            u.weight.copy_(saved[u.name])
+    by_ranks = applier.apply_ranked(block, ranks, allocation, ctx)
+    for u in block.units:
+        assert torch.equal(by_scores[u.name], by_ranks[u.name]), f"apply_ranked's mask of {u.name} differs from apply's"
+        assert torch.equal(u.weight, pruned[u.name]), f"apply_ranked pruned {u.name}'s weights differently from apply"
+        with torch.no_grad():
+            u.weight.copy_(saved[u.name])
 
 
 def _assert_sparsity(result: PruneResult, where: Where, tolerance: float = 0.02) -> None:

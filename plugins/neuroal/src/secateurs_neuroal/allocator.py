@@ -48,7 +48,7 @@ from secateurs_neuroal.ratios import (
     row_ratios,
     unit_total,
 )
-from secateurs_neuroal.search import Outcome, Plan, Search
+from secateurs_neuroal.search import DENSE_INPUTS, Outcome, Plan, Search
 
 def _grid(value: Sequence[float] | None) -> tuple[float, ...] | None:
     if value is None:
@@ -85,7 +85,12 @@ class NeuroALAllocator:
     ``Block.consumers()``, from the adapter's stages; the last stage's outputs feed the
     next block, whose alignment is not used: uniform rows). ``clip``: bounds of
     block and row sparsity ([0.01, 0.99]). ``max_streams``: candidate streams per dense
-    forward (4: bounds the batch a block sees, attention scores grow with it).
+    forward under ``dense_inputs = "pruned"`` (4: bounds the batch a block sees, attention
+    scores grow with it). ``dense_inputs``: what each candidate's sparse activations are
+    compared with (``search``): ``"dense"`` (default), the dense model's own activations,
+    shared by every candidate (one dense pass, one scoring and one sort per linear per
+    block); ``"pruned"``, the published code's: the dense block on the candidate's own
+    inputs. The published search is ``dense_inputs = "pruned"``, ``search_samples = 8``.
     """
 
     block_grid: tuple[float, ...] | None = attrs.field(default=None, converter=_grid)
@@ -96,6 +101,7 @@ class NeuroALAllocator:
     consumers: Mapping[str, str] | None = attrs.field(default=None, converter=attrs.converters.optional(dict))
     clip: tuple[float, float] = attrs.field(default=(LOW, HIGH), converter=_clip)
     max_streams: int | None = attrs.field(default=4, validator=optional(positive_int))
+    dense_inputs: str = attrs.field(default="dense", validator=attrs.validators.in_(DENSE_INPUTS))
 
     needs_scores: ClassVar[bool] = False
     records: dict[str, Any] = attrs.field(factory=dict, init=False)
@@ -107,7 +113,9 @@ class NeuroALAllocator:
         self._check(session)
         run_rows, skipped = self._row_step_applies(session)
         batches, taken = search_batches(session.calibration, self.search_samples, self.search_seqlen)
-        search = Search(session, session.capture(batches), max_streams=self.max_streams)
+        search = Search(
+            session, session.capture(batches), dense_inputs=self.dense_inputs, max_streams=self.max_streams
+        )
 
         n_blocks, lo_hi = len(session.blocks), self.clip
         grid_b = block_grid(target, self.block_grid)
@@ -144,6 +152,7 @@ class NeuroALAllocator:
         record["search"] = {
             "samples": taken,
             "seqlen": self.search_seqlen,
+            "dense_inputs": self.dense_inputs,
             "seconds": time.perf_counter() - started,
             **search.profile.to_dict(),
         }

@@ -1,19 +1,21 @@
 """Scoring candidate allocations by NeuroAL's alignment, all candidates block by block.
 
 Every candidate is a ``Plan`` (block → allocation). Candidates advance together: at block
-``i`` each one has its own input stream (the outputs of *its* pruned blocks ``0..i-1``), so
-nothing computed from block ``i``'s inputs is shared between candidates unless their
-streams are the same object (block 0, where all start from the search inputs). Per block:
+``i`` each one has its own input stream (the outputs of *its* pruned blocks ``0..i-1``).
+What the sparse activations are compared with (``dense_inputs``):
 
-1. dense statistics of every distinct stream in one pass per sample
-   (``SearchSession.collect_streams``: the block's dense weights are read once for all of them);
-   block 0's are computed once per search and reused by later ``evaluate`` calls;
-2. base scores once per block for scorers that need no input statistics (magnitude),
-   else once per distinct stream;
-3. per candidate, inside ``SearchSession.trial(block)`` (only this block's weights are saved and
-   restored, never the model): prune with the candidate's allocation through the
-   pipeline's scorer and applier, then one sparse pass collecting ``sq_norm`` only (no
-   Hessian) and the outputs, which become the candidate's next stream.
+* ``"dense"``: the dense model's own activations: one dense pass per block on the dense
+  stream, shared by every candidate; the base scores come from it too, so each block is
+  scored once and sorted once per linear (``SearchSession.ranks``) for every candidate;
+* ``"pruned"`` (the published code): the dense block on each candidate's own inputs, in
+  one pass per sample for every distinct stream (``SearchSession.collect_streams``; block
+  0's, where all streams are the search inputs, once per search); scores per distinct
+  stream (once per block for scorers that need no input statistics).
+
+Per candidate, inside ``SearchSession.trial(block)`` (only this block's weights are saved
+and restored, never the model): prune with the candidate's allocation through the
+pipeline's scorer and applier, then one sparse pass collecting ``sq_norm`` only (no
+Hessian) and the outputs, which become the candidate's next stream.
 
 Alignment of a linear: ``a = sqrt(sq_norm)`` dense vs sparse (``ratios.alignment``); a
 candidate's score is the sum over every linear of every block (lower is better).
@@ -60,15 +62,24 @@ class Profile:
         return attrs.asdict(self)
 
 
+DENSE_INPUTS = ("dense", "pruned")
+
+
 class Search:
     """Evaluates plans on fixed search ``inputs`` (block 0's inputs of the search samples).
 
-    ``max_streams`` bounds how many candidate streams share one dense forward (memory:
+    ``dense_inputs``: ``"dense"`` or ``"pruned"`` (module docstring). ``max_streams``
+    bounds how many candidate streams share one dense forward under ``"pruned"`` (memory:
     the block's activations for that many samples at once).
     """
 
-    def __init__(self, session: SearchSession, inputs: Inputs, *, max_streams: int | None = None) -> None:
+    def __init__(
+        self, session: SearchSession, inputs: Inputs, *, dense_inputs: str = "dense", max_streams: int | None = None
+    ) -> None:
+        if dense_inputs not in DENSE_INPUTS:
+            raise ValueError(f"dense_inputs must be one of {DENSE_INPUTS}, got {dense_inputs!r}")
         self.session, self.inputs, self.max_streams = session, inputs, max_streams
+        self.shared = dense_inputs == "dense"
         self._samples = sum(int(h.shape[0]) for h in inputs.hidden)
         self.profile = Profile()
         scorer = session.scorer
@@ -82,24 +93,50 @@ class Search:
         session, blocks = self.session, self.session.blocks
         outcomes = [Outcome() for _ in plans]
         streams: list[Inputs] = [self.inputs] * len(plans)
+        reference = self.inputs  # the dense model's stream ("dense")
         self.profile.candidates += len(plans)
         with torch.no_grad():
             for block in blocks:
                 last = block is blocks[-1]
-                dense, scores = self._dense(block, streams)
+                if self.shared:
+                    stats, reference = self._collect_dense(block, reference, keep_outputs=not last)
+                    block_scores = self._scores(block, stats)
+                    shared = (stats, block_scores, self._ranks(block, block_scores))
+                else:
+                    dense, scores = self._dense(block, streams)
                 for c, plan in enumerate(plans):
                     key = id(streams[c])
+                    stats, block_scores, ranks = shared if self.shared else (dense[key], scores[key], None)
                     with session.trial(block):
                         start = time.perf_counter()
-                        session.prune_block(block, dense[key], streams[c], allocation=plan(block), scores=scores[key])
+                        session.prune_block(
+                            block, stats, streams[c], allocation=plan(block), scores=block_scores, ranks=ranks
+                        )
                         mid = time.perf_counter()
                         sparse, streams[c] = session.collect(block, streams[c], hessian=False, keep_outputs=not last)
                     self.profile.prune_seconds += mid - start
                     self.profile.sparse_seconds += time.perf_counter() - mid
                     self.profile.sample_forwards += self._samples
                     self.profile.prunes += 1
-                    _record(outcomes[c], block, dense[key], sparse, keep_vectors)
+                    _record(outcomes[c], block, stats, sparse, keep_vectors)
         return outcomes
+
+    def _collect_dense(self, block: Block, stream: Inputs, *, keep_outputs: bool) -> tuple[dict[str, InputStats], Inputs]:
+        """The dense model's statistics at ``block`` and its next stream ("dense")."""
+        start = time.perf_counter()
+        stats, outputs = self.session.collect(block, stream, keep_outputs=keep_outputs)
+        self.profile.dense_seconds += time.perf_counter() - start
+        self.profile.sample_forwards += self._samples
+        return stats, outputs
+
+    def _ranks(self, block: Block, scores: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor] | None:
+        """One sort per unit for every candidate, when the run's applier can use it."""
+        if scores is None:
+            return None
+        start = time.perf_counter()
+        ranks = self.session.ranks(block, scores)
+        self.profile.prune_seconds += time.perf_counter() - start
+        return ranks
 
     def _dense(
         self, block: Block, streams: list[Inputs]
