@@ -77,7 +77,7 @@ class NeuroALAllocator:
 
     ``block_grid`` / ``row_grid``: λ values searched (default: the paper's; 0.25 is
     dropped from the block grid at targets ≥ 0.8). ``search_samples``: calibration
-    samples the search runs on (8). ``search_seqlen``: cut them to this many tokens
+    samples the search runs on (2; the paper: 8). ``search_seqlen``: cut them to this many tokens
     (default: full length). ``row_step``: ``true`` / ``false`` / unset; unset runs it when
     the published method has one: the applier honours per-row ratios and selects by the
     scorer's scores (not SparseGPT-style appliers that choose masks from a Hessian).
@@ -95,7 +95,7 @@ class NeuroALAllocator:
 
     block_grid: tuple[float, ...] | None = attrs.field(default=None, converter=_grid)
     row_grid: tuple[float, ...] = attrs.field(default=ROW_GRID, converter=_grid)
-    search_samples: int = attrs.field(default=8, validator=positive_int)
+    search_samples: int = attrs.field(default=2, validator=positive_int)
     search_seqlen: int | None = attrs.field(default=None, validator=optional(positive_int))
     row_step: bool | None = None
     consumers: Mapping[str, str] | None = attrs.field(default=None, converter=attrs.converters.optional(dict))
