@@ -80,7 +80,8 @@ def configurations() -> list[dict]:
         config("wanda/neuroal/0.8", "wanda", {"name": "neuroal", **PUBLISHED}, 0.8),
     ]
     # NeuroAL's defaults since 2026-12-02 (dense_inputs = "dense", fewer search samples)
-    out += [config(f"{base}/neuroal[default]/{s}", base, {"name": "neuroal"}, s) for base in ("wanda", "magnitude") for s in (0.6, 0.7, 0.8)]
+    for base in ("wanda", "magnitude"):
+        out += [config(f"{base}/neuroal[default]/{s}", base, {"name": "neuroal"}, s) for s in (0.6, 0.7, 0.8)]
     out.append(config("sparsegpt/neuroal[default]/0.7", "sparsegpt", {"name": "neuroal"}, 0.7))
     assert len({c["name"] for c in out}) == len(out), "configuration names must be unique"
     return out
@@ -160,7 +161,8 @@ def _child_env(threads: int) -> dict[str, str]:
 
 
 def main() -> None:
-    run_all(NAME, configurations(), {"model": MODEL, "calibration": CALIBRATION, "evaluation": EVALUATION, "threads": THREADS}, __doc__)
+    setup = {"model": MODEL, "calibration": CALIBRATION, "evaluation": EVALUATION, "threads": THREADS}
+    run_all(NAME, configurations(), setup, __doc__)
 
 
 def run_all(name: str, configs: list[dict], setup: dict, doc: str | None) -> None:

@@ -213,7 +213,9 @@ class TriesRanked:
         return {name: UnitAllocation(target) for name in scores}
 
 
-@pytest.mark.parametrize("comparison,pattern,ranked", [("row", None, True), ("matrix", None, False), ("row", "2:4", False)])
+@pytest.mark.parametrize(
+    "comparison,pattern,ranked", [("row", None, True), ("matrix", None, False), ("row", "2:4", False)]
+)
 def test_masks_from_ranks_equal_masks_from_scores(comparison, pattern, ranked):
     """Where the applier ranks rows, ``prune_block(ranks=)`` prunes exactly as from scores;
     elsewhere ``ranks`` is ``None`` (per-matrix comparison, N:M patterns)."""

@@ -98,20 +98,18 @@ class Search:
         with torch.no_grad():
             for block in blocks:
                 last = block is blocks[-1]
-                if self.shared:
+                if self.shared:  # one dense reference for every stream
                     stats, reference = self._collect_dense(block, reference, keep_outputs=not last)
-                    block_scores = self._scores(block, stats)
-                    shared = (stats, block_scores, self._ranks(block, block_scores))
+                    scores = self._scores(block, stats)
+                    by_stream = dict.fromkeys(map(id, streams), (stats, scores, self._ranks(block, scores)))
                 else:
-                    dense, scores = self._dense(block, streams)
+                    dense, shareable = self._dense(block, streams)
+                    by_stream = {key: (dense[key], shareable[key], None) for key in dense}
                 for c, plan in enumerate(plans):
-                    key = id(streams[c])
-                    stats, block_scores, ranks = shared if self.shared else (dense[key], scores[key], None)
+                    stats, scores, ranks = by_stream[id(streams[c])]
                     with session.trial(block):
                         start = time.perf_counter()
-                        session.prune_block(
-                            block, stats, streams[c], allocation=plan(block), scores=block_scores, ranks=ranks
-                        )
+                        session.prune_block(block, stats, streams[c], allocation=plan(block), scores=scores, ranks=ranks)
                         mid = time.perf_counter()
                         sparse, streams[c] = session.collect(block, streams[c], hessian=False, keep_outputs=not last)
                     self.profile.prune_seconds += mid - start
@@ -121,7 +119,9 @@ class Search:
                     _record(outcomes[c], block, stats, sparse, keep_vectors)
         return outcomes
 
-    def _collect_dense(self, block: Block, stream: Inputs, *, keep_outputs: bool) -> tuple[dict[str, InputStats], Inputs]:
+    def _collect_dense(
+        self, block: Block, stream: Inputs, *, keep_outputs: bool
+    ) -> tuple[dict[str, InputStats], Inputs]:
         """The dense model's statistics at ``block`` and its next stream ("dense")."""
         start = time.perf_counter()
         stats, outputs = self.session.collect(block, stream, keep_outputs=keep_outputs)
