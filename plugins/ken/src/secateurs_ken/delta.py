@@ -17,12 +17,18 @@ from pathlib import Path
 import attrs
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from secateurs.errors import SecateursError
+from secateurs.offload import LazyState
 from secateurs.outputs import atomic_file
-from secateurs_ken.states import State, as_rows, check_matching, checksum, state_of
+from secateurs.protocols import LoadedModel
+from secateurs.recipe import Recipe
+from secateurs.run import reference_state
+from secateurs.tensor_files import streamed_safetensors
+from secateurs.types import PruneResult
+from secateurs_ken.states import Checksum, State, as_rows, check_names, check_shapes, checksum, state_of
 
 FORMAT = "secateurs-ken-delta/1"
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -98,31 +104,38 @@ def _read_manifest(manifest_path: Path) -> dict:
 
 def save_ken_delta(base: nn.Module | State, ken: nn.Module | State, path: str | Path, base_name: str = "") -> list[Path]:
     """Write the delta of ``ken`` over ``base`` to ``path`` (``.safetensors``) and its
-    manifest (``path`` with ``.json``), atomically. Returns both paths."""
+    manifest (``path`` with ``.json``), atomically. Returns both paths.
+
+    Streams: one tensor of each model is read at a time (a state may be lazy, such as
+    ``secateurs.offload.LazyState`` of an offloaded model) and its encoding written out at
+    once (``streamed_safetensors``), so memory holds one pair of tensors, not the models."""
     base_sd, ken_sd = state_of(base), state_of(ken)
-    check_matching(base_sd, ken_sd)
+    check_names(base_sd, ken_sd)
     path = Path(path)
-    tensors: dict[str, torch.Tensor] = {}
-    changed = []
-    for name in sorted(ken_sd):
-        b, k = base_sd[name].detach().cpu(), ken_sd[name].detach().cpu()
-        if b.dtype != k.dtype:
-            raise SecateursError(f"tensor {name!r} is {k.dtype} in the KEN model but {b.dtype} in the base")
-        mask = as_rows(_differs(k, b))
-        if mask.any():
-            tensors.update(_encode(name, as_rows(k), mask))
-            changed.append(name)
+    digest, changed, kept, total = Checksum(), [], 0, 0
+    with streamed_safetensors(path, metadata={"format": FORMAT}) as add:
+        for name in sorted(ken_sd):
+            b, k = base_sd[name].detach().cpu(), ken_sd[name].detach().cpu()
+            check_shapes(name, b, k)
+            if b.dtype != k.dtype:
+                raise SecateursError(f"tensor {name!r} is {k.dtype} in the KEN model but {b.dtype} in the base")
+            digest.update(name, b)
+            total += b.numel()
+            mask = as_rows(_differs(k, b))
+            if mask.any():
+                for key, tensor in _encode(name, as_rows(k), mask).items():
+                    add(key, tensor)
+                changed.append(name)
+                kept += int(mask.sum())
     manifest = {
         "format": FORMAT,
         "base_model": base_name,
-        "base_sha256": checksum(base_sd),
+        "base_sha256": digest.hexdigest(),
         "tensors": changed,
-        "kept_values": int(sum(tensors[f"{n}::values"].numel() for n in changed)),
-        "base_values": int(sum(t.numel() for t in base_sd.values())),
+        "kept_values": kept,
+        "base_values": total,
     }
     manifest_path = path.with_suffix(".json")
-    with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
     with atomic_file(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))
     return [path, manifest_path]
@@ -179,13 +192,13 @@ class KenDeltaExporter:
 
     file: str = "ken-delta.safetensors"
 
-    def export(self, loaded, result, directory: Path) -> list[Path]:
-        from secateurs.loading import load
-
-        ref_name = (result.recipe or {}).get("reference_model")
-        if not ref_name:
+    def export(self, loaded: LoadedModel, result: PruneResult, directory: Path) -> list[Path]:
+        """Write the delta of ``loaded`` over the recipe's reference model, tensor by tensor:
+        under ``max_memory`` neither model is held whole (``reference_state``, ``LazyState``)."""
+        if not (result.recipe or {}).get("reference_model"):
             raise SecateursError("the ken-delta exporter needs `reference_model` in the recipe")
-        recipe = result.recipe
-        base = load(ref_name, device="cpu", dtype=recipe.get("dtype"), adapter=recipe.get("adapter"))
-        ken = {k: v.detach().cpu() for k, v in loaded.model.state_dict().items()}
-        return save_ken_delta(base.model, ken, Path(directory) / self.file, base_name=str(ref_name))
+        recipe = Recipe.from_dict(result.recipe)
+        return save_ken_delta(
+            reference_state(recipe), LazyState(loaded.model), Path(directory) / self.file,
+            base_name=str(recipe.reference_model),
+        )
