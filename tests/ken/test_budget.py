@@ -79,3 +79,17 @@ def test_the_reference_under_a_budget_is_read_tensor_by_tensor_from_its_shards(t
     assert name in state and torch.equal(state[name], load_file(pre / "model.safetensors")[name])
     (folder,) = scratch.iterdir()
     assert not any(folder.iterdir())  # same dtype: read from the model's own shards, nothing copied
+
+
+def test_the_delta_computed_in_row_chunks_is_the_same_file(tmp_path, pair, monkeypatch):
+    from secateurs_ken import delta
+    from secateurs_ken.api import ken_state
+
+    pre, ft = pair
+    state, _ = ken_state(pre.state_dict(), ft.state_dict(), k=6)
+    whole = delta.save_ken_delta(pre, state, tmp_path / "whole.safetensors")[0]
+    monkeypatch.setattr(delta, "CHUNK", 50)  # a few rows per chunk, several chunks per tensor
+    chunked = delta.save_ken_delta(pre, state, tmp_path / "chunked.safetensors")[0]
+    assert whole.read_bytes() == chunked.read_bytes()
+    rebuilt = load_ken_delta(pre.state_dict(), chunked)
+    assert all(torch.equal(rebuilt[n], t) for n, t in state.items())

@@ -10,10 +10,11 @@ aligned, are concatenated into ``path`` atomically (``atomic_file``). The file i
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +30,7 @@ DTYPES = {
 }
 """safetensors' names of the torch dtypes this writer stores."""
 
-Add = Callable[[str, torch.Tensor], None]
+Add = Callable[[str, torch.Tensor | Iterable[torch.Tensor]], None]
 
 
 class _Parts:
@@ -42,19 +43,30 @@ class _Parts:
         self.entries: dict[int, list[tuple[str, str, list[int], int]]] = {}
         self.names: set[str] = set()
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
+    def add(self, name: str, tensor: torch.Tensor | Iterable[torch.Tensor]) -> None:
         if name in self.names:
             raise ValueError(f"tensor {name!r} added twice")
-        if tensor.dtype not in DTYPES:
-            raise ValueError(f"tensor {name!r} is {tensor.dtype}, which safetensors cannot store")
-        size = tensor.element_size()
+        pieces = iter([tensor] if isinstance(tensor, torch.Tensor) else tensor)
+        first = next(pieces, None)
+        if first is None:
+            raise ValueError(f"tensor {name!r} has no pieces")
+        if first.dtype not in DTYPES:
+            raise ValueError(f"tensor {name!r} is {first.dtype}, which safetensors cannot store")
+        size = first.element_size()
         if size not in self.files:
             part = self.tmp.with_name(f"{self.tmp.name}.{size}")
             self.scratch.callback(part.unlink, missing_ok=True)
             self.files[size] = self.scratch.enter_context(open(part, "w+b"))
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        self.files[size].write(data.numpy().data)
-        self.entries.setdefault(size, []).append((name, DTYPES[tensor.dtype], list(tensor.shape), data.numel()))
+        shape, rows, nbytes = list(first.shape), 0, 0
+        for i, piece in enumerate(itertools.chain([first], pieces)):
+            if i and (piece.dtype != first.dtype or piece.dim() == 0 or piece.shape[1:] != first.shape[1:]):
+                raise ValueError(f"piece {i} of tensor {name!r} does not continue its first piece along dim 0")
+            rows += piece.shape[0] if piece.dim() else 0
+            data = piece.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            self.files[size].write(data.numpy().data)
+            nbytes += data.numel()
+        shape[:1] = [rows] if shape else []
+        self.entries.setdefault(size, []).append((name, DTYPES[first.dtype], shape, nbytes))
         self.names.add(name)
 
     def assemble(self, metadata: Mapping[str, str] | None) -> None:
@@ -77,8 +89,11 @@ class _Parts:
 @contextmanager
 def streamed_safetensors(path: str | Path, metadata: Mapping[str, str] | None = None) -> Iterator[Add]:
     """Yield ``add(name, tensor)``, which writes ``tensor`` (any device; a dtype of ``DTYPES``)
-    out at once; on success ``path`` holds every added tensor and ``metadata``. ``add``
-    raises ``ValueError`` for a name added twice or a dtype safetensors cannot name."""
+    out at once; ``tensor`` may also be an iterable of pieces, the tensor being their
+    concatenation along dim 0 (written piece by piece: it is never whole in memory). On
+    success ``path`` holds every added tensor and ``metadata``. ``add`` raises
+    ``ValueError`` for a name added twice, no pieces, pieces that do not concatenate, or a
+    dtype safetensors cannot name."""
     with atomic_file(path) as tmp, ExitStack() as scratch:
         parts = _Parts(tmp, scratch)
         yield parts.add
