@@ -13,14 +13,23 @@ are its own:
   process) with SmolLM2's tokenizer, pruned with Wanda 50 % under a budget several times
   smaller than the model (2 × 64 calibration tokens, perplexity on one 64-token window),
   then deleted with the pruned copy. Its page cache is dropped first
-  (``posix_fadvise(DONTNEED)``), so the disk reads are real ones.
+  (``posix_fadvise(DONTNEED)``), so the disk reads are real ones;
+- ``ken``: KEN's pair under a budget: a random LLaMA-layout 'pre-trained' model (default
+  0.25B parameters, bfloat16) and its 'fine-tuned' copy (every matrix moved by noise),
+  generated the same way; KEN (``k`` entries kept per row, the others restored to the
+  pre-trained values) with the pruned model and the KEN delta written, the reference
+  model read tensor by tensor from its shards; no calibration (KEN is data-free), so the
+  bound has no activations.
 
 The bound a budgeted run must meet: budget + its largest offloaded device-map entry (one
 block, or the embeddings when larger) + one block boundary of calibration activations
-(inputs and outputs) + the fixed overhead. The fixed overhead is measured before each
-budgeted run, in a process of its own (``_overhead_job``): the peak RSS of loading the
-same model with every weight on disk (``max_memory`` of one byte: imports, tokenizer, the
-model's modules and accelerate's hooks, no weights) and tokenizing the calibration.
+(inputs and outputs) + the fixed overhead. A run that writes a KEN delta holds, while it
+writes it, the largest tensor of both models and one row chunk's work instead of one
+entry (``_delta_bytes``): the bound takes the larger of the two. The fixed overhead is
+measured before each budgeted run, in a process of its own (``_overhead_job``): the peak
+RSS of loading the same model with every weight on disk (``max_memory`` of one byte: imports, tokenizer, the
+model's modules and accelerate's hooks, no weights), and its reference model likewise,
+KEN's compiled kernels loaded, and tokenizing the calibration.
 """
 
 from __future__ import annotations
@@ -73,17 +82,26 @@ def _drop_page_cache(folder: Path) -> None:
 
 def _overhead_job(recipe: dict) -> float:
     """Peak RSS (MiB) of what a run of ``recipe`` holds besides weights and activations: the
-    model loaded with every weight on disk, and its calibration batches."""
+    model loaded with every weight on disk, its reference model (KEN's pair) likewise, and
+    its calibration batches."""
     import secateurs
     from secateurs.offload import Budget
-    from secateurs.run import create_part
     from secateurs.recipe import Recipe
+    from secateurs.run import create_part, reference_state
 
     parsed = Recipe.from_dict(recipe)
     budget = Budget(1, recipe["offload_folder"])
     loaded = secateurs.load(parsed.model, dtype=parsed.dtype, budget=budget)
-    calibration = create_part(secateurs.get_manager().calibration_sources, parsed.calibration, seed=parsed.seed)
-    calibration.batches(loaded)
+    reference_state(parsed)
+    if parsed.scorer.name == "ken":  # KEN's compiled kernels (numba, LLVM) load on first use
+        import torch
+
+        from secateurs_ken.select import ken_select
+
+        ken_select(torch.randn(8, 256), 16)
+    if parsed.calibration is not None:
+        calibration = create_part(secateurs.get_manager().calibration_sources, parsed.calibration, seed=parsed.seed)
+        calibration.batches(loaded)
     return peak_rss_mib()
 
 
@@ -116,20 +134,33 @@ def _prune_job(recipe: dict, boundary_bytes: int, overhead_mib: float | None = N
 
         budget = convert_file_size_to_int(recipe["max_memory"])
         entry = offloaded_shard_size(model) or 0
+        pair = _delta_bytes(model) if "ken-delta" in recipe.get("exporters", ()) else 0
         out |= {
             "fixed_overhead_mib": overhead_mib,
             "budget_mib": budget / MIB,
             "largest_entry_mib": entry / MIB,
+            "ken_delta_pair_mib": pair / MIB,
             "device_map_disk_entries": sum(v == "disk" for v in model.hf_device_map.values()),
-            "bound_mib": (budget + entry + boundary_bytes) / MIB + overhead_mib,
+            "bound_mib": (budget + max(entry, pair) + boundary_bytes) / MIB + overhead_mib,
         }
         out["meets_bound"] = out["peak_rss_mib"] <= out["bound_mib"]
     return out
 
 
-def _generate_job(folder: str, dims: dict, shard_layers: int, seed: int) -> dict:
+def _delta_bytes(model) -> int:
+    """What writing a KEN delta holds besides the resident model: the largest tensor read
+    from both models, and one row chunk's work (``CHUNK`` entries: values, mask, packing)."""
+    from secateurs_ken.delta import CHUNK
+
+    largest = max(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 2 * largest + 8 * CHUNK
+
+
+def _generate_job(folder: str, dims: dict, shard_layers: int, seed: int, tune: float = 0.0) -> dict:
     """A random LLaMA-layout model in bfloat16 written shard by shard (a few layers each)
-    with SmolLM2's tokenizer; returns its size. Peak memory: one shard."""
+    with SmolLM2's tokenizer; returns its size. Peak memory: one shard. ``tune`` > 0: the
+    model of the same ``seed`` 'fine-tuned', every matrix moved by noise of ``tune`` times
+    its spread (KEN's pair)."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, LlamaConfig
@@ -157,7 +188,7 @@ def _generate_job(folder: str, dims: dict, shard_layers: int, seed: int) -> dict
         for first in range(0, n, shard_layers)
     ]
     groups += [[("model.norm.weight", (h,)), ("lm_head.weight", (dims["vocab_size"], h))]]
-    gen = torch.Generator().manual_seed(seed)
+    gen, noise = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     weight_map, total = {}, 0
     for i, group in enumerate(groups, 1):
         name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
@@ -166,6 +197,9 @@ def _generate_job(folder: str, dims: dict, shard_layers: int, seed: int) -> dict
             else torch.empty(shape, dtype=torch.bfloat16).normal_(0.0, 0.02, generator=gen)
             for key, shape in group
         }
+        for tensor in shard.values() if tune else ():
+            if tensor.dim() == 2:
+                tensor.add_(torch.empty_like(tensor).normal_(0.0, 0.02 * tune, generator=noise))
         save_file(shard, out / name, metadata={"format": "pt"})
         total += sum(t.numel() * t.element_size() for t in shard.values())
         weight_map |= dict.fromkeys(shard, name)
@@ -226,6 +260,37 @@ def _big_run(args: argparse.Namespace, work: Path) -> dict:
             "generate": generated, **row, "model_over_budget": row["model_mib"] / row["budget_mib"]}
 
 
+def _ken_run(args: argparse.Namespace, work: Path) -> dict:
+    """KEN's pair under a budget: a random 'pre-trained' LLaMA and its 'fine-tuned' copy,
+    KEN (k per row, restore) with the delta and the pruned model written; no calibration."""
+    dims = {
+        "hidden_size": args.ken_hidden, "intermediate_size": args.ken_intermediate, "num_hidden_layers": args.ken_layers,
+        "num_attention_heads": args.ken_hidden // 64, "num_key_value_heads": args.ken_hidden // 64, "vocab_size": 49152,
+    }
+    pre, ft = work / "random-llama-pre", work / "random-llama-ft"
+    start = time.perf_counter()
+    generated = [_in_process(_generate_job, str(folder), dims, 2, 0, tune) for folder, tune in ((pre, 0.0), (ft, 0.1))]
+    generate_seconds = time.perf_counter() - start
+    recipe = {
+        "model": str(ft), "reference_model": str(pre), "sparsity": 0.0, "scorer": "ken",
+        "allocator": {"name": "ken-k", "k": args.ken_k}, "applier": "restore", "exporters": ["safetensors", "ken-delta"],
+        "max_memory": args.ken_budget, "offload_folder": str(work / "scratch"), "output": str(work / "random-llama-ken"),
+    }
+    try:
+        overhead = _in_process(_overhead_job, recipe)
+        for folder in (pre, ft):
+            _drop_page_cache(folder)
+        row = _in_process(_prune_job, recipe, 0, overhead)
+        row["delta_mib"] = (Path(recipe["output"]) / "ken-delta.safetensors").stat().st_size / MIB
+    finally:
+        for folder in (pre, ft, Path(recipe["output"])):
+            shutil.rmtree(folder, ignore_errors=True)
+    params = generated[0]["weights_mib"] * MIB / 2
+    return {"run": "ken", "max_memory": args.ken_budget, "dims": dims, "k": args.ken_k, "params_billions": params / 1e9,
+            "generate_seconds": generate_seconds, **row,
+            "pair_mib": 2 * row["model_mib"], "model_over_budget": row["model_mib"] / row["budget_mib"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="1GiB", help="max_memory of the big run")
@@ -235,6 +300,12 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="scratch folder (default: a fresh temp folder, removed)")
     parser.add_argument("--skip-smollm2", action="store_true")
     parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--skip-ken", action="store_true")
+    parser.add_argument("--ken-budget", default="112MiB", help="max_memory of the KEN pair run")
+    parser.add_argument("--ken-layers", type=int, default=12)
+    parser.add_argument("--ken-hidden", type=int, default=1024)
+    parser.add_argument("--ken-intermediate", type=int, default=2816)
+    parser.add_argument("--ken-k", type=int, default=32, help="entries KEN keeps per row")
     parser.add_argument("--name", default="memory_streaming", help="results file name")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="secateurs-bench-", dir=args.work))
@@ -247,6 +318,9 @@ def main() -> None:
                 _write(args, command, rows)
         if not args.skip_big:
             rows.append(_big_run(args, work))
+            _write(args, command, rows)
+        if not args.skip_ken:
+            rows.append(_ken_run(args, work))
             _write(args, command, rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)

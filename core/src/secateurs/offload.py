@@ -22,6 +22,11 @@ a device map with one entry per block (``block_device_map``), used two ways:
 - ``dispatch(loaded, max_memory=..., offload_folder=...)`` offloads a model already in
   memory (``prune(recipe, model=...)``).
 
+A model that is only read, tensor by tensor, needs no budget of its own: loaded within
+``Budget.disk_only()`` (every block stays in its shards), its tensors are read one at a
+time by name through ``LazyState`` (KEN's reference model; the pruned model when its KEN
+delta is written).
+
 Saving an offloaded model goes shard by shard, each shard at most one device-map entry
 (``offloaded_shard_size``). Host memory over a whole run: the resident entries (within
 the budget, accelerate keeping room for one loaded entry), one loaded block, one block
@@ -113,6 +118,42 @@ class StoredWeights(Mapping[str, torch.Tensor]):
         return len(self.base)
 
 
+class LazyState(Mapping[str, torch.Tensor]):
+    """``model``'s state dict (names as ``state_dict()``, taken when created) whose offloaded
+    tensors (``meta`` under accelerate's hooks) are read from their hook's weights map on
+    each access (the model's own shards, accelerate's offload folder, or a pruned block's
+    file): one tensor at a time, never kept. Resident tensors are returned as they are.
+    Reads give what ``state_dict()`` of the same model held in memory would."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model  # keeps the hooks' files (removed with the model) alive
+        self.tensors = model.state_dict()
+        prefixes = {id(sub): name for name, sub in model.named_modules()}
+        self.offloaded = {
+            f"{prefixes[id(sub)]}.{key}".lstrip("."): (hook, key)
+            for sub, hook in _offload_hooks(model)
+            for key in _hook_keys(sub, hook)
+        }
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self.tensors[name]
+        if tensor.device.type != "meta":
+            return tensor
+        if name not in self.offloaded:
+            raise SecateursError(f"tensor {name!r} is on the meta device and no offload hook loads it")
+        hook, key = self.offloaded[name]
+        return hook.weights_map[key]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
 def _store_root(base: Mapping[str, torch.Tensor]) -> str | None:
     """accelerate's own offload folder when there is one (the user's chosen scratch disk)."""
     folder = getattr(getattr(base, "dataset", base), "save_folder", None)
@@ -199,6 +240,12 @@ class Budget:
         root = Path(self.offload_folder or tempfile.gettempdir()).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         return tempfile.mkdtemp(prefix="secateurs-offload-", dir=root)
+
+    def disk_only(self) -> Budget:
+        """This budget's offload folder with nothing resident: every block stays on disk and
+        is read when used (a model that is only looked up, such as KEN's reference model,
+        read tensor by tensor through ``LazyState``)."""
+        return Budget({"cpu": 0}, self.offload_folder)
 
 
 def remove_with(model: nn.Module, folder: str) -> None:

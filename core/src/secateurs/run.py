@@ -3,7 +3,8 @@
 The steps are public so that every command runs a recipe the same way:
 ``build_parts(recipe)`` (every part created and checked before any work),
 ``load_for(recipe)`` (the model, offloaded under ``max_memory``) and
-``spec_for(recipe, parts, loaded)`` (the pruning run, every recipe key honoured).
+``spec_for(recipe, parts, loaded)`` (the pruning run, every recipe key honoured) and
+``reference_state(recipe)`` (the reference model's tensors, read lazily under ``max_memory``).
 ``secateurs.curve`` and plugins' commands use them instead of re-building a run."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from secateurs.devices import check_device
 from secateurs.errors import SecateursError
 from secateurs.loading import load, wrap
-from secateurs.offload import Budget, dispatch
+from secateurs.offload import Budget, LazyState, dispatch
 from secateurs.outputs import Reads, atomic_output_dir, check_output
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.plugins import PluginManager, Registry, get_manager
@@ -68,11 +69,6 @@ def build_parts(recipe: Recipe, manager: PluginManager | None = None, *, progres
         exporters=[create_part(manager.exporters, p) for p in recipe.exporters],
     )
     check_device(recipe.device)
-    if recipe.max_memory is not None and recipe.reference_model is not None:
-        raise SecateursError(
-            "max_memory with reference_model is not supported: the reference model would be loaded whole, "
-            "outside the budget; drop max_memory for runs with a reference model"
-        )
     return parts
 
 
@@ -158,11 +154,25 @@ def _calibration(loaded: LoadedModel, source: Any, given: Sequence[Any] | None) 
     return source.batches(loaded) if source else None
 
 
-def _reference(recipe: Recipe, manager: PluginManager) -> Callable[[str], torch.Tensor] | None:
+def reference_state(recipe: Recipe, manager: PluginManager | None = None) -> Mapping[str, torch.Tensor] | None:
+    """The tensors of ``recipe.reference_model`` by state-dict name (``None`` without one),
+    on the CPU in the recipe's dtype. Without a budget the model is loaded whole; under
+    ``max_memory`` every block stays in its shards (``Budget.disk_only``) and each tensor
+    is read when looked up (``LazyState``), so the reference adds one tensor at a time to
+    the run's memory."""
     if recipe.reference_model is None:
         return None
-    state = load(recipe.reference_model, device="cpu", dtype=recipe.dtype, adapter=recipe.adapter, manager=manager)
-    tensors = state.model.state_dict()
+    budget = None if recipe.max_memory is None else Budget(recipe.max_memory, recipe.offload_folder).disk_only()
+    state = load(
+        recipe.reference_model, device="cpu", dtype=recipe.dtype, adapter=recipe.adapter, manager=manager, budget=budget
+    )
+    return LazyState(state.model)
+
+
+def _reference(recipe: Recipe, manager: PluginManager) -> Callable[[str], torch.Tensor] | None:
+    tensors = reference_state(recipe, manager)
+    if tensors is None:
+        return None
 
     def lookup(name: str) -> torch.Tensor:
         if name not in tensors:

@@ -12,17 +12,24 @@ the KEN model: the positions stored are exactly the entries whose bits differ fr
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from secateurs.errors import SecateursError
+from secateurs.offload import LazyState
 from secateurs.outputs import atomic_file
-from secateurs_ken.states import State, as_rows, check_matching, checksum, state_of
+from secateurs.protocols import LoadedModel
+from secateurs.recipe import Recipe
+from secateurs.run import reference_state
+from secateurs.tensor_files import Add, streamed_safetensors
+from secateurs.types import PruneResult
+from secateurs_ken.states import Checksum, State, as_rows, check_names, check_shapes, checksum, state_of
 
 FORMAT = "secateurs-ken-delta/1"
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -47,16 +54,36 @@ def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     return bits.view(packed.shape[0], -1)[:, :n]
 
 
-def _encode(name: str, rows: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    out = {f"{name}::values": rows[mask].contiguous()}
-    width = mask.shape[1]
+CHUNK = 2**20
+"""Entries of the row chunks a tensor's delta is computed and encoded in: the memory it
+needs besides the two tensors."""
+
+
+def _row_chunks(ken_rows: torch.Tensor, base_rows: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(ken rows, changed mask)`` of consecutive row chunks of about ``CHUNK`` entries."""
+    step = max(1, CHUNK // max(ken_rows.shape[1], 1))
+    for start in range(0, ken_rows.shape[0], step):
+        ken = ken_rows[start : start + step]
+        yield ken, _differs(ken, base_rows[start : start + step])
+
+
+def _encode(name: str, ken_rows: torch.Tensor, base_rows: torch.Tensor, kept: int) -> dict[str, Iterator[torch.Tensor]]:
+    """The delta tensors of ``name`` (``kept`` entries changed), each as its row-chunk pieces
+    in order (``streamed_safetensors`` concatenates them): ``::values`` and ``::bits`` or
+    ``::cols`` + ``::counts``, whichever is smaller."""
+    rows, width = ken_rows.shape
+
+    def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return _row_chunks(ken_rows, base_rows)
+
+    out = {f"{name}::values": (ken[mask] for ken, mask in chunks())}
     index_dtype = torch.int16 if width <= 32767 else torch.int32
-    col_bytes = int(mask.sum()) * (2 if index_dtype == torch.int16 else 4) + mask.shape[0] * 4
-    if col_bytes < mask.shape[0] * ((width + 7) // 8):
-        out[f"{name}::cols"] = torch.nonzero(mask)[:, 1].to(index_dtype)
-        out[f"{name}::counts"] = mask.sum(dim=1).to(torch.int32)
+    col_bytes = kept * (2 if index_dtype == torch.int16 else 4) + rows * 4
+    if col_bytes < rows * ((width + 7) // 8):
+        out[f"{name}::cols"] = (torch.nonzero(mask)[:, 1].to(index_dtype) for _, mask in chunks())
+        out[f"{name}::counts"] = (mask.sum(dim=1).to(torch.int32) for _, mask in chunks())
     else:
-        out[f"{name}::bits"] = pack_bits(mask)
+        out[f"{name}::bits"] = (pack_bits(mask) for _, mask in chunks())
     return out
 
 
@@ -96,33 +123,46 @@ def _read_manifest(manifest_path: Path) -> dict:
     return manifest
 
 
+def _write_delta(name: str, base: torch.Tensor, ken: torch.Tensor, add: Add, digest: Checksum) -> tuple[int, int]:
+    """Add the delta tensors of ``name`` (none when unchanged) and the base tensor to the
+    checksum; returns how many entries changed, and of how many."""
+    b, k = base.detach().cpu(), ken.detach().cpu()
+    check_shapes(name, b, k)
+    if b.dtype != k.dtype:
+        raise SecateursError(f"tensor {name!r} is {k.dtype} in the KEN model but {b.dtype} in the base")
+    digest.update(name, b)
+    count = sum(int(mask.sum()) for _, mask in _row_chunks(as_rows(k), as_rows(b)))
+    for key, pieces in _encode(name, as_rows(k), as_rows(b), count).items() if count else ():
+        add(key, pieces)
+    return count, b.numel()
+
+
 def save_ken_delta(base: nn.Module | State, ken: nn.Module | State, path: str | Path, base_name: str = "") -> list[Path]:
     """Write the delta of ``ken`` over ``base`` to ``path`` (``.safetensors``) and its
-    manifest (``path`` with ``.json``), atomically. Returns both paths."""
+    manifest (``path`` with ``.json``), atomically. Returns both paths.
+
+    Streams: one tensor of each model is read at a time (a state may be lazy, such as
+    ``secateurs.offload.LazyState`` of an offloaded model) and its encoding is computed and
+    written out in row chunks (``CHUNK``, ``streamed_safetensors``), so memory holds one
+    pair of tensors and one chunk's work, not the models."""
     base_sd, ken_sd = state_of(base), state_of(ken)
-    check_matching(base_sd, ken_sd)
+    check_names(base_sd, ken_sd)
     path = Path(path)
-    tensors: dict[str, torch.Tensor] = {}
-    changed = []
-    for name in sorted(ken_sd):
-        b, k = base_sd[name].detach().cpu(), ken_sd[name].detach().cpu()
-        if b.dtype != k.dtype:
-            raise SecateursError(f"tensor {name!r} is {k.dtype} in the KEN model but {b.dtype} in the base")
-        mask = as_rows(_differs(k, b))
-        if mask.any():
-            tensors.update(_encode(name, as_rows(k), mask))
-            changed.append(name)
+    digest, counts = Checksum(), {}
+    with streamed_safetensors(path, metadata={"format": FORMAT}) as add:
+        for name in sorted(ken_sd):  # one call per pair: the previous pair is freed before the next is read
+            counts[name] = _write_delta(name, base_sd[name], ken_sd[name], add, digest)
+    changed = [name for name, (kept, _) in counts.items() if kept]
+    kept, total = (sum(c[i] for c in counts.values()) for i in (0, 1))
     manifest = {
         "format": FORMAT,
         "base_model": base_name,
-        "base_sha256": checksum(base_sd),
+        "base_sha256": digest.hexdigest(),
         "tensors": changed,
-        "kept_values": int(sum(tensors[f"{n}::values"].numel() for n in changed)),
-        "base_values": int(sum(t.numel() for t in base_sd.values())),
+        "kept_values": kept,
+        "base_values": total,
     }
     manifest_path = path.with_suffix(".json")
-    with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
     with atomic_file(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))
     return [path, manifest_path]
@@ -179,13 +219,13 @@ class KenDeltaExporter:
 
     file: str = "ken-delta.safetensors"
 
-    def export(self, loaded, result, directory: Path) -> list[Path]:
-        from secateurs.loading import load
-
-        ref_name = (result.recipe or {}).get("reference_model")
-        if not ref_name:
+    def export(self, loaded: LoadedModel, result: PruneResult, directory: Path) -> list[Path]:
+        """Write the delta of ``loaded`` over the recipe's reference model, tensor by tensor:
+        under ``max_memory`` neither model is held whole (``reference_state``, ``LazyState``)."""
+        if not (result.recipe or {}).get("reference_model"):
             raise SecateursError("the ken-delta exporter needs `reference_model` in the recipe")
-        recipe = result.recipe
-        base = load(ref_name, device="cpu", dtype=recipe.get("dtype"), adapter=recipe.get("adapter"))
-        ken = {k: v.detach().cpu() for k, v in loaded.model.state_dict().items()}
-        return save_ken_delta(base.model, ken, Path(directory) / self.file, base_name=str(ref_name))
+        recipe = Recipe.from_dict(result.recipe)
+        return save_ken_delta(
+            reference_state(recipe), LazyState(loaded.model), Path(directory) / self.file,
+            base_name=str(recipe.reference_model),
+        )

@@ -15,26 +15,35 @@ from secateurs.errors import SecateursError
 State = Mapping[str, torch.Tensor]
 
 
-def state_of(model_or_state: nn.Module | State) -> dict[str, torch.Tensor]:
-    """The state dict of a module, or the mapping itself (tensors are not copied)."""
+def state_of(model_or_state: nn.Module | State) -> State:
+    """The state dict of a module, or the mapping itself (kept as it is, so that a lazy one,
+    ``secateurs.offload.LazyState``, is read tensor by tensor; tensors are not copied)."""
     if isinstance(model_or_state, nn.Module):
-        return dict(model_or_state.state_dict())
-    return dict(model_or_state)
+        return model_or_state.state_dict()
+    return model_or_state
+
+
+def check_names(pretrained: State, finetuned: State) -> None:
+    """Raise naming the first tensor (in name order) only one of the two states has."""
+    for name in sorted(set(pretrained) ^ set(finetuned)):
+        side, other = ("fine-tuned", "pre-trained") if name in finetuned else ("pre-trained", "fine-tuned")
+        raise SecateursError(f"tensor {name!r} is in the {side} model but not in the {other} one")
+
+
+def check_shapes(name: str, pretrained: torch.Tensor, finetuned: torch.Tensor) -> None:
+    """Raise when tensor ``name`` has different shapes in the two models."""
+    if pretrained.shape != finetuned.shape:
+        raise SecateursError(
+            f"tensor {name!r} has shape {tuple(pretrained.shape)} in the pre-trained model and "
+            f"{tuple(finetuned.shape)} in the fine-tuned one; KEN needs models of the same architecture"
+        )
 
 
 def check_matching(pretrained: State, finetuned: State) -> None:
     """Raise naming the first tensor whose name or shape differs between the two states."""
-    for name in sorted(set(pretrained) | set(finetuned)):
-        if name not in pretrained:
-            raise SecateursError(f"tensor {name!r} is in the fine-tuned model but not in the pre-trained one")
-        if name not in finetuned:
-            raise SecateursError(f"tensor {name!r} is in the pre-trained model but not in the fine-tuned one")
-        a, b = pretrained[name], finetuned[name]
-        if a.shape != b.shape:
-            raise SecateursError(
-                f"tensor {name!r} has shape {tuple(a.shape)} in the pre-trained model and "
-                f"{tuple(b.shape)} in the fine-tuned one; KEN needs models of the same architecture"
-            )
+    check_names(pretrained, finetuned)
+    for name in sorted(pretrained):
+        check_shapes(name, pretrained[name], finetuned[name])
 
 
 def selected_names(state: State, targets: Sequence[str] = ("*",), exclude: Sequence[str] = ()) -> list[str]:
@@ -55,11 +64,25 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(1, -1) if t.dim() <= 1 else t.reshape(t.shape[0], -1)
 
 
+class Checksum:
+    """sha256 over tensors' names, dtypes, shapes and bytes, fed one tensor at a time
+    (``update``) in sorted name order: ``checksum`` of a state."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def update(self, name: str, tensor: torch.Tensor) -> None:
+        t = tensor.detach().to("cpu").contiguous()
+        self.digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        self.digest.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
 def checksum(state: State) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes, in sorted name order."""
-    digest = hashlib.sha256()
+    digest = Checksum()
     for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(name, state[name])
     return digest.hexdigest()
