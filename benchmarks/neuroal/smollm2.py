@@ -41,8 +41,9 @@ SCORERS = {
     "magnitude": ({"name": "magnitude", "comparison": "row"}, "zero"),
     "sparsegpt": ({"name": "wanda"}, "sparsegpt"),  # the scorer only feeds OWL's outlier ratios
 }
-PUBLISHED = {"dense_inputs": "pruned", "search_samples": 8}
-"""The published search: the dense block on each candidate's inputs, 8 samples at full length."""
+PUBLISHED = {"dense_inputs": "pruned", "search_samples": 8, "search_seqlen": 2048}
+"""The published search: the dense block on each candidate's inputs, 8 samples at full
+length (2048 ≥ every calibration length here)."""
 COARSE = {"block_grid": [0.02, 0.05, 0.1, 0.15, 0.2, 0.25], "row_grid": [0.0, 0.02, 0.05, 0.1, 0.15, 0.25]}
 CHEAP = {**COARSE, "dense_inputs": "pruned", "search_samples": 2, "search_seqlen": 32}
 """The NeuroAL variant of the first quality grid (the full published search did not fit

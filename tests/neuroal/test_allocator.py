@@ -241,6 +241,7 @@ def test_search_options_are_applied():
     assert search["samples"] == 2 and search["seqlen"] == 8
 
 
+
 @pytest.mark.parametrize(
     "params,match",
     [

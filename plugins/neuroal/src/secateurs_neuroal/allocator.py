@@ -1,6 +1,6 @@
 """The ``neuroal`` allocator: NeuroAL's block step and row step on top of any base method.
 
-``prepare`` searches on ``search_samples`` calibration samples (optionally cut to
+``prepare`` searches on ``search_samples`` calibration samples (cut to at most
 ``search_seqlen`` tokens) through the pipeline's session (``search.Search``):
 
 * block step: every ``λ`` of the block grid gives a linear ramp of block sparsities
@@ -77,8 +77,8 @@ class NeuroALAllocator:
 
     ``block_grid`` / ``row_grid``: λ values searched (default: the paper's; 0.25 is
     dropped from the block grid at targets ≥ 0.8). ``search_samples``: calibration
-    samples the search runs on (2; the paper: 8). ``search_seqlen``: cut them to this many tokens
-    (default: full length). ``row_step``: ``true`` / ``false`` / unset; unset runs it when
+    samples the search runs on (2; the paper: 8). ``search_seqlen``: cut them to at most
+    this many tokens (512; the paper: full length, any value ≥ the calibration ``seqlen``). ``row_step``: ``true`` / ``false`` / unset; unset runs it when
     the published method has one: the applier honours per-row ratios and selects by the
     scorer's scores (not SparseGPT-style appliers that choose masks from a Hessian).
     ``consumers``: role → consuming role, overriding what the adapter declares (default:
@@ -90,13 +90,14 @@ class NeuroALAllocator:
     compared with (``search``): ``"dense"`` (default), the dense model's own activations,
     shared by every candidate (one dense pass, one scoring and one sort per linear per
     block); ``"pruned"``, the published code's: the dense block on the candidate's own
-    inputs. The published search is ``dense_inputs = "pruned"``, ``search_samples = 8``.
+    inputs. The published search: ``dense_inputs = "pruned"``, ``search_samples = 8``,
+    ``search_seqlen`` at least the calibration ``seqlen``.
     """
 
     block_grid: tuple[float, ...] | None = attrs.field(default=None, converter=_grid)
     row_grid: tuple[float, ...] = attrs.field(default=ROW_GRID, converter=_grid)
     search_samples: int = attrs.field(default=2, validator=positive_int)
-    search_seqlen: int | None = attrs.field(default=None, validator=optional(positive_int))
+    search_seqlen: int | None = attrs.field(default=512, validator=optional(positive_int))
     row_step: bool | None = None
     consumers: Mapping[str, str] | None = attrs.field(default=None, converter=attrs.converters.optional(dict))
     clip: tuple[float, float] = attrs.field(default=(LOW, HIGH), converter=_clip)

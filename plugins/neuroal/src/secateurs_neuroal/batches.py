@@ -1,4 +1,4 @@
-"""The search subset of a calibration set: its first samples, optionally shorter."""
+"""The search subset of a calibration set: its first samples, cut to at most ``seqlen`` tokens."""
 
 from __future__ import annotations
 
@@ -28,17 +28,14 @@ def _cut(value: Any, take: int, seqlen: int | None) -> Any:
         return value
     value = value[:take]
     if seqlen is not None and value.dim() >= 2:
-        if value.shape[1] < seqlen:
-            raise SecateursError(
-                f"search_seqlen {seqlen} is longer than the calibration samples ({value.shape[1]} tokens)"
-            )
-        value = value[:, :seqlen]
+        value = value[:, :seqlen]  # shorter samples stay whole
     return value
 
 
 def search_batches(batches: Sequence[Any], nsamples: int, seqlen: int | None = None) -> tuple[list[Any], int]:
     """The first ``nsamples`` samples of ``batches`` (fewer if there are fewer), each cut to
-    its first ``seqlen`` positions along dimension 1 (token batches); returns the batches
+    at most its first ``seqlen`` positions along dimension 1 (token batches; ``None``: whole
+    samples); returns the batches
     and the number of samples they hold."""
     out: list[Any] = []
     taken = 0
