@@ -5,17 +5,11 @@
 Measures, in CPU seconds on one thread (robust to other jobs sharing the cores): one
 sample-block forward of a real SmolLM2 decoder block at several sequence lengths (with
 statistics hooks, as calibration runs it), and one block's mask computation with uniform
-rows (block step) and with per-row counts (row step), and the shared alternative: one
-sort of the block's scores (``row_ranks``) plus one comparison per candidate
-(``ranked_keep``). Then predicts pruning CPU time:
+rows (block step) and with per-row counts (row step). Then predicts pruning CPU time:
 
     Wanda      = L_blocks · (2 · N · f(seq) + mask_uniform)
-    NeuroAL, dense_inputs = "pruned" (the published search):
-               = Wanda + L_blocks · Σ_candidates (2 · S · f(search_seq) + mask)
+    NeuroAL    = Wanda + L_blocks · Σ_candidates (2 · S · f(search_seq) + mask)
                  − (candidates − 1) · S · f(search_seq)      (block 0's dense pass is shared)
-    NeuroAL, dense_inputs = "dense" (the default):
-               = Wanda + L_blocks · (Σ_candidates (S · f(search_seq) + ranked_keep)
-                                     + steps · (S · f(search_seq) + rank))
 
 for the calibration sizes of the paper (128 × 2048) and of this machine's benchmark, and
 for the search options. Writes ``benchmarks/results/neuroal_cost_model.json``.
@@ -48,7 +42,7 @@ def _cpu(fn, repeat: int = 3) -> float:
 
 def measure() -> dict:
     from secateurs.loading import load
-    from secateurs.masks import ranked_keep, row_ranks, rows_topk
+    from secateurs.masks import rows_topk
     from secateurs.pipeline import capture
     from secateurs.stats import collect_stats
 
@@ -75,32 +69,20 @@ def measure() -> dict:
                 keep = keep + torch.randint(-40, 40, keep.shape, generator=gen)
             rows_topk(s, keep)
 
-    ranks = [row_ranks(sc) for sc in scores]
-    keeps = [torch.full((sc.shape[0],), int(sc.shape[1] * 0.3)) for sc in scores]
     return {
         "blocks": len(blocks),
         "forward_cpu_seconds": forward,
         "mask_uniform_cpu_seconds": _cpu(lambda: masks(False)),
         "mask_rows_cpu_seconds": _cpu(lambda: masks(True)),
-        "rank_cpu_seconds": _cpu(lambda: [row_ranks(sc) for sc in scores]),
-        "ranked_keep_cpu_seconds": _cpu(lambda: [ranked_keep(r, k) for r, k in zip(ranks, keeps, strict=True)]),
     }
 
 
-def predict(
-    m: dict, n: int, seq: int, samples: int, search_seq: int, grids: tuple[int, int] = (BLOCK_GRID, ROW_GRID),
-    dense_inputs: str = "pruned",
-) -> dict:
+def predict(m: dict, n: int, seq: int, samples: int, search_seq: int, grids: tuple[int, int] = (BLOCK_GRID, ROW_GRID)) -> dict:
     f = {int(k): v for k, v in m["forward_cpu_seconds"].items()}
     blocks, (cb, cr) = m["blocks"], grids
     wanda = blocks * (2 * n * f[seq] + m["mask_uniform_cpu_seconds"])
-    if dense_inputs == "dense":
-        steps = 2
-        forwards = blocks * (cb + cr + steps) * samples * f[search_seq]
-        masks = blocks * ((cb + cr) * m["ranked_keep_cpu_seconds"] + steps * m["rank_cpu_seconds"])
-    else:
-        forwards = blocks * (cb + cr) * 2 * samples * f[search_seq] - (cb + cr - 1) * samples * f[search_seq]
-        masks = blocks * (cb * m["mask_uniform_cpu_seconds"] + cr * m["mask_rows_cpu_seconds"])
+    forwards = blocks * (cb + cr) * 2 * samples * f[search_seq] - (cb + cr - 1) * samples * f[search_seq]
+    masks = blocks * (cb * m["mask_uniform_cpu_seconds"] + cr * m["mask_rows_cpu_seconds"])
     return {
         "wanda": wanda,
         "search_forwards": forwards,
@@ -113,7 +95,7 @@ def predict(
 def main() -> None:
     torch.set_num_threads(1)
     m = measure()
-    published = {
+    scenarios = {
         "paper: 128x2048, search 8x2048": (128, 2048, 8, 2048),
         "paper: 128x2048, search 8x1024": (128, 2048, 8, 1024),
         "paper: 128x2048, search 8x256": (128, 2048, 8, 256),
@@ -122,17 +104,10 @@ def main() -> None:
         "bench: 16x64, search 8x64": (16, 64, 8, 64),
         "bench: 16x64, search 2x32": (16, 64, 2, 32),
     }
-    shared = {
-        "paper: 128x2048, search 2x2048": (128, 2048, 2, 2048),
-        "ratio.py: 64x1024, search 2x1024": (64, 1024, 2, 1024),
-        "bench: 16x64, search 2x64": (16, 64, 2, 64),
-    }
     out = {"measured": m, "predicted": {}}
-    for name, (n, seq, s, ss) in published.items():
-        out["predicted"][f"pruned, {name}"] = predict(m, n, seq, s, ss)
-        out["predicted"][f"pruned, {name}, coarse grids 6+5"] = predict(m, n, seq, s, ss, COARSE)
-    for name, (n, seq, s, ss) in shared.items():
-        out["predicted"][f"dense, {name}"] = predict(m, n, seq, s, ss, dense_inputs="dense")
+    for name, (n, seq, s, ss) in scenarios.items():
+        out["predicted"][name] = predict(m, n, seq, s, ss)
+        out["predicted"][name + ", coarse grids 6+5"] = predict(m, n, seq, s, ss, COARSE)
     write_results("neuroal_cost_model", out)
     print(json.dumps(m, indent=2))
     print("| scenario | Wanda CPU s | + search forwards | + search masks | NeuroAL / Wanda | forwards only |")

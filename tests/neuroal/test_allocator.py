@@ -173,24 +173,21 @@ def test_matrix_comparison_skips_the_row_step():
     assert "comparison" in result.records["neuroal"]["row_step"]["skipped"]
 
 
-@pytest.mark.parametrize("dense_inputs", ["dense", "pruned"])
-def test_search_shares_dense_passes_and_counts_its_work(dense_inputs):
-    result, _, _ = run_neuroal("magnitude", scorer_params={"comparison": "row"}, dense_inputs=dense_inputs, **SMALL)
+def test_search_shares_block_zero_and_counts_its_work():
+    result, _, _ = run_neuroal("magnitude", scorer_params={"comparison": "row"}, **SMALL)
     search = result.records["neuroal"]["search"]
     candidates = 3 + 2  # block grid + row grid without λ = 0
     assert search["candidates"] == candidates
     assert search["prunes"] == candidates * 3
-    assert search["dense_inputs"] == dense_inputs
     samples = search["samples"]
-    # "dense": one dense pass per block per step, shared by every candidate;
-    # "pruned": block 0 once for both steps, blocks 1, 2 once per candidate stream
-    dense = 3 * 2 if dense_inputs == "dense" else 1 + candidates * 2
+    # dense passes: block 0 once for both steps; blocks 1, 2 once per candidate stream
+    dense = 1 + candidates * 2
     assert search["sample_forwards"] == samples * (dense + candidates * 3)
 
 
 @attrs.frozen
 class UnrankedZero(ZeroApplier):
-    """The ``zero`` applier without ``RankingApplier``: every candidate sorts its own scores."""
+    """The ``zero`` applier without ranking rows: every candidate sorts its own scores."""
 
     @property
     def ranks_rows(self) -> bool:
@@ -207,17 +204,6 @@ def test_one_sort_per_linear_gives_the_same_search_as_sorting_per_candidate(scor
         assert ranked.records["neuroal"][step]["scores"] == unranked.records["neuroal"][step]["scores"]
     assert all(torch.equal(a, b) for a, b in zip(model_ranked.parameters(), model_unranked.parameters(), strict=True))
 
-
-def test_dense_inputs_compare_with_the_dense_models_own_activations():
-    """Block 0 sees the same inputs either way; deeper blocks differ: "dense" compares every
-    candidate with the dense model, "pruned" with the dense block on the candidate's inputs."""
-    shared, _, _ = run_neuroal(dense_inputs="dense", row_step=False, **SMALL)
-    own, _, _ = run_neuroal(dense_inputs="pruned", row_step=False, **SMALL)
-    shared_blocks = shared.records["neuroal"]["block_step"]["block_scores"]
-    own_blocks = own.records["neuroal"]["block_step"]["block_scores"]
-    assert [b[0] for b in shared_blocks] == pytest.approx([b[0] for b in own_blocks], rel=1e-5)
-    deeper = [(x, y) for a, b in zip(shared_blocks, own_blocks, strict=True) for x, y in zip(a[1:], b[1:], strict=True)]
-    assert all(x != pytest.approx(y, rel=1e-3) for x, y in deeper)
 
 
 def test_row_grid_of_only_zero_and_batched_calibration():
@@ -249,7 +235,6 @@ def test_search_options_are_applied():
         ({"row_grid": [1.5]}, "grid"),
         ({"search_samples": 0}, "search_samples"),
         ({"clip": [0.5, 0.2]}, "clip"),
-        ({"dense_inputs": "sparse"}, "dense_inputs"),
     ],
 )
 def test_bad_parameters_are_clear_errors(params, match):

@@ -48,7 +48,7 @@ from secateurs_neuroal.ratios import (
     row_ratios,
     unit_total,
 )
-from secateurs_neuroal.search import DENSE_INPUTS, Outcome, Plan, Search
+from secateurs_neuroal.search import Outcome, Plan, Search
 
 def _grid(value: Sequence[float] | None) -> tuple[float, ...] | None:
     if value is None:
@@ -77,32 +77,25 @@ class NeuroALAllocator:
 
     ``block_grid`` / ``row_grid``: λ values searched (default: the paper's; 0.25 is
     dropped from the block grid at targets ≥ 0.8). ``search_samples``: calibration
-    samples the search runs on (2; the paper: 8). ``search_seqlen``: cut them to at most
-    this many tokens (512; the paper: full length, any value ≥ the calibration ``seqlen``). ``row_step``: ``true`` / ``false`` / unset; unset runs it when
+    samples the search runs on (8). ``search_seqlen``: cut them to at most this many
+    tokens (default: full length). ``row_step``: ``true`` / ``false`` / unset; unset runs it when
     the published method has one: the applier honours per-row ratios and selects by the
     scorer's scores (not SparseGPT-style appliers that choose masks from a Hessian).
     ``consumers``: role → consuming role, overriding what the adapter declares (default:
     ``Block.consumers()``, from the adapter's stages; the last stage's outputs feed the
     next block, whose alignment is not used: uniform rows). ``clip``: bounds of
     block and row sparsity ([0.01, 0.99]). ``max_streams``: candidate streams per dense
-    forward under ``dense_inputs = "pruned"`` (4: bounds the batch a block sees, attention
-    scores grow with it). ``dense_inputs``: what each candidate's sparse activations are
-    compared with (``search``): ``"dense"`` (default), the dense model's own activations,
-    shared by every candidate (one dense pass, one scoring and one sort per linear per
-    block); ``"pruned"``, the published code's: the dense block on the candidate's own
-    inputs. The published search: ``dense_inputs = "pruned"``, ``search_samples = 8``,
-    ``search_seqlen`` at least the calibration ``seqlen``.
+    forward (4: bounds the batch a block sees, attention scores grow with it).
     """
 
     block_grid: tuple[float, ...] | None = attrs.field(default=None, converter=_grid)
     row_grid: tuple[float, ...] = attrs.field(default=ROW_GRID, converter=_grid)
-    search_samples: int = attrs.field(default=2, validator=positive_int)
-    search_seqlen: int | None = attrs.field(default=512, validator=optional(positive_int))
+    search_samples: int = attrs.field(default=8, validator=positive_int)
+    search_seqlen: int | None = attrs.field(default=None, validator=optional(positive_int))
     row_step: bool | None = None
     consumers: Mapping[str, str] | None = attrs.field(default=None, converter=attrs.converters.optional(dict))
     clip: tuple[float, float] = attrs.field(default=(LOW, HIGH), converter=_clip)
     max_streams: int | None = attrs.field(default=4, validator=optional(positive_int))
-    dense_inputs: str = attrs.field(default="dense", validator=attrs.validators.in_(DENSE_INPUTS))
 
     needs_scores: ClassVar[bool] = False
     records: dict[str, Any] = attrs.field(factory=dict, init=False)
@@ -114,9 +107,7 @@ class NeuroALAllocator:
         self._check(session)
         run_rows, skipped = self._row_step_applies(session)
         batches, taken = search_batches(session.calibration, self.search_samples, self.search_seqlen)
-        search = Search(
-            session, session.capture(batches), dense_inputs=self.dense_inputs, max_streams=self.max_streams
-        )
+        search = Search(session, session.capture(batches), max_streams=self.max_streams)
 
         n_blocks, lo_hi = len(session.blocks), self.clip
         grid_b = block_grid(target, self.block_grid)
@@ -153,7 +144,6 @@ class NeuroALAllocator:
         record["search"] = {
             "samples": taken,
             "seqlen": self.search_seqlen,
-            "dense_inputs": self.dense_inputs,
             "seconds": time.perf_counter() - started,
             **search.profile.to_dict(),
         }

@@ -1,21 +1,20 @@
 """Scoring candidate allocations by NeuroAL's alignment, all candidates block by block.
 
 Every candidate is a ``Plan`` (block → allocation). Candidates advance together: at block
-``i`` each one has its own input stream (the outputs of *its* pruned blocks ``0..i-1``).
-What the sparse activations are compared with (``dense_inputs``):
+``i`` each one has its own input stream (the outputs of *its* pruned blocks ``0..i-1``), so
+nothing computed from block ``i``'s inputs is shared between candidates unless their
+streams are the same object (block 0, where all start from the search inputs). Per block:
 
-* ``"dense"``: the dense model's own activations: one dense pass per block on the dense
-  stream, shared by every candidate; the base scores come from it too, so each block is
-  scored once and sorted once per linear (``SearchSession.ranks``) for every candidate;
-* ``"pruned"`` (the published code): the dense block on each candidate's own inputs, in
-  one pass per sample for every distinct stream (``SearchSession.collect_streams``; block
-  0's, where all streams are the search inputs, once per search); scores per distinct
-  stream (once per block for scorers that need no input statistics).
-
-Per candidate, inside ``SearchSession.trial(block)`` (only this block's weights are saved
-and restored, never the model): prune with the candidate's allocation through the
-pipeline's scorer and applier, then one sparse pass collecting ``sq_norm`` only (no
-Hessian) and the outputs, which become the candidate's next stream.
+1. dense statistics of every distinct stream in one pass per sample
+   (``SearchSession.collect_streams``: the block's dense weights are read once for all of them);
+   block 0's are computed once per search and reused by later ``evaluate`` calls;
+2. base scores once per block for scorers that need no input statistics (magnitude),
+   else once per distinct stream; scores shared by several candidates are sorted once
+   (``SearchSession.ranks``) and each candidate's masks read from the ranks;
+3. per candidate, inside ``SearchSession.trial(block)`` (only this block's weights are saved and
+   restored, never the model): prune with the candidate's allocation through the
+   pipeline's scorer and applier, then one sparse pass collecting ``sq_norm`` only (no
+   Hessian) and the outputs, which become the candidate's next stream.
 
 Alignment of a linear: ``a = sqrt(sq_norm)`` dense vs sparse (``ratios.alignment``); a
 candidate's score is the sum over every linear of every block (lower is better).
@@ -24,6 +23,7 @@ candidate's score is the sum over every linear of every block (lower is better).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 import attrs
@@ -62,24 +62,15 @@ class Profile:
         return attrs.asdict(self)
 
 
-DENSE_INPUTS = ("dense", "pruned")
-
-
 class Search:
     """Evaluates plans on fixed search ``inputs`` (block 0's inputs of the search samples).
 
-    ``dense_inputs``: ``"dense"`` or ``"pruned"`` (module docstring). ``max_streams``
-    bounds how many candidate streams share one dense forward under ``"pruned"`` (memory:
+    ``max_streams`` bounds how many candidate streams share one dense forward (memory:
     the block's activations for that many samples at once).
     """
 
-    def __init__(
-        self, session: SearchSession, inputs: Inputs, *, dense_inputs: str = "dense", max_streams: int | None = None
-    ) -> None:
-        if dense_inputs not in DENSE_INPUTS:
-            raise ValueError(f"dense_inputs must be one of {DENSE_INPUTS}, got {dense_inputs!r}")
+    def __init__(self, session: SearchSession, inputs: Inputs, *, max_streams: int | None = None) -> None:
         self.session, self.inputs, self.max_streams = session, inputs, max_streams
-        self.shared = dense_inputs == "dense"
         self._samples = sum(int(h.shape[0]) for h in inputs.hidden)
         self.profile = Profile()
         scorer = session.scorer
@@ -93,50 +84,42 @@ class Search:
         session, blocks = self.session, self.session.blocks
         outcomes = [Outcome() for _ in plans]
         streams: list[Inputs] = [self.inputs] * len(plans)
-        reference = self.inputs  # the dense model's stream ("dense")
         self.profile.candidates += len(plans)
         with torch.no_grad():
             for block in blocks:
                 last = block is blocks[-1]
-                if self.shared:  # one dense reference for every stream
-                    stats, reference = self._collect_dense(block, reference, keep_outputs=not last)
-                    scores = self._scores(block, stats)
-                    by_stream = dict.fromkeys(map(id, streams), (stats, scores, self._ranks(block, scores)))
-                else:
-                    dense, shareable = self._dense(block, streams)
-                    by_stream = {key: (dense[key], shareable[key], None) for key in dense}
+                dense, scores = self._dense(block, streams)
+                ranks = self._shared_ranks(block, streams, scores)
                 for c, plan in enumerate(plans):
-                    stats, scores, ranks = by_stream[id(streams[c])]
+                    key = id(streams[c])
                     with session.trial(block):
                         start = time.perf_counter()
-                        session.prune_block(block, stats, streams[c], allocation=plan(block), scores=scores, ranks=ranks)
+                        session.prune_block(
+                            block, dense[key], streams[c], plan(block), scores=scores[key], ranks=ranks.get(key)
+                        )
                         mid = time.perf_counter()
                         sparse, streams[c] = session.collect(block, streams[c], hessian=False, keep_outputs=not last)
                     self.profile.prune_seconds += mid - start
                     self.profile.sparse_seconds += time.perf_counter() - mid
                     self.profile.sample_forwards += self._samples
                     self.profile.prunes += 1
-                    _record(outcomes[c], block, stats, sparse, keep_vectors)
+                    _record(outcomes[c], block, dense[key], sparse, keep_vectors)
         return outcomes
 
-    def _collect_dense(
-        self, block: Block, stream: Inputs, *, keep_outputs: bool
-    ) -> tuple[dict[str, InputStats], Inputs]:
-        """The dense model's statistics at ``block`` and its next stream ("dense")."""
+    def _shared_ranks(
+        self, block: Block, streams: list[Inputs], scores: Mapping[int, Mapping[str, torch.Tensor] | None]
+    ) -> dict[int, Mapping[str, torch.Tensor]]:
+        """Ranks of the scores that several candidates share (by stream key), sorted once,
+        when the run's applier can use them; the others sort per candidate."""
+        users = Counter(id(scores[id(s)]) for s in streams)
         start = time.perf_counter()
-        stats, outputs = self.session.collect(block, stream, keep_outputs=keep_outputs)
-        self.profile.dense_seconds += time.perf_counter() - start
-        self.profile.sample_forwards += self._samples
-        return stats, outputs
-
-    def _ranks(self, block: Block, scores: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor] | None:
-        """One sort per unit for every candidate, when the run's applier can use it."""
-        if scores is None:
-            return None
-        start = time.perf_counter()
-        ranks = self.session.ranks(block, scores)
+        once: dict[int, Mapping[str, torch.Tensor] | None] = {}
+        for sc in scores.values():
+            if sc is not None and users[id(sc)] > 1 and id(sc) not in once:
+                once[id(sc)] = self.session.ranks(block, sc)
+        out = {key: once[id(sc)] for key, sc in scores.items() if sc is not None and once.get(id(sc)) is not None}
         self.profile.prune_seconds += time.perf_counter() - start
-        return ranks
+        return out
 
     def _dense(
         self, block: Block, streams: list[Inputs]
