@@ -53,6 +53,7 @@ SMOKE = {"train": 200, "val": 100, "test": 200, "max_epochs": 1}
 
 
 def params(state: data.State, names) -> int:
+    """How many values the tensors ``names`` of ``state`` hold."""
     return sum(state[n].numel() for n in names)
 
 
@@ -116,19 +117,19 @@ def run_seed(setup: data.Setup, record: dict, write) -> None:
     rows = record.setdefault("rows", [])
     done = {(r["method"], r.get("scope"), r.get("target")) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
-        seed = SeedRun(setup, Path(tmp))
+        run = SeedRun(setup, Path(tmp))
         record.setdefault("train", data.train_record(setup))
         for method in REFERENCES:
             if (method, None, None) not in done:
-                rows.append(seed.reference(method))
+                rows.append(run.reference(method))
                 print(f"seed {setup.seed}: {rows[-1]}", flush=True)
                 write()
         for scope, methods in METHODS.items():
             for target in TARGETS:
-                k = per_row_k(seed.ft, scope, target)
+                k = per_row_k(run.ft, scope, target)
                 for method in methods:
                     if k is not None and (method, scope, target) not in done:
-                        rows.append(seed.pruned(method, scope, target, k))
+                        rows.append(run.pruned(method, scope, target, k))
                         print(f"seed {setup.seed}: {rows[-1]}", flush=True)
                         write()
 
@@ -144,9 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = SMOKE if args.smoke else {}
     seeds = SEEDS[:1] if args.smoke else SEEDS
     path = results_io.results_path(name)
-    result = json.loads(path.read_text()) if path.exists() else {}
-    if "seeds" not in result:  # a results file of another layout (the one-seed benchmark) is replaced
-        result = {"seeds": {}}
+    result = json.loads(path.read_text()) if path.exists() else {"seeds": {}}
     setup = data.Setup(**sizes)
     train, val, test = setup.split()
     base = data.fresh_model(setup.seed).state_dict()
