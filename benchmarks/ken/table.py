@@ -45,6 +45,7 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def _pm(values: list[float]) -> str:
+    """``mean ± std`` as percentages."""
     mean, std = _stats(values)
     return f"{mean:.1%} ± {std:.1%}"
 
