@@ -41,13 +41,10 @@ SCORERS = {
     "magnitude": ({"name": "magnitude", "comparison": "row"}, "zero"),
     "sparsegpt": ({"name": "wanda"}, "sparsegpt"),  # the scorer only feeds OWL's outlier ratios
 }
-PUBLISHED = {"dense_inputs": "pruned", "search_samples": 8, "search_seqlen": 2048}
-"""The published search: the dense block on each candidate's inputs, 8 samples at full
-length (2048 ≥ every calibration length here)."""
 COARSE = {"block_grid": [0.02, 0.05, 0.1, 0.15, 0.2, 0.25], "row_grid": [0.0, 0.02, 0.05, 0.1, 0.15, 0.25]}
-CHEAP = {**COARSE, "dense_inputs": "pruned", "search_samples": 2, "search_seqlen": 32}
-"""The NeuroAL variant of the first quality grid (the full published search did not fit
-the time budget on this machine for every configuration; see the README)."""
+CHEAP = {**COARSE, "search_samples": 2, "search_seqlen": 32}
+"""The NeuroAL variant of the quality grid (the full published search does not fit the
+time budget on this machine for every configuration; see the README)."""
 
 
 def config(name: str, base: str, allocator: dict, sparsity: float) -> dict:
@@ -63,27 +60,23 @@ def configurations() -> list[dict]:
         config("wanda/uniform/0.7", "wanda", {"name": "uniform"}, 0.7),
         w70("cheap", CHEAP),
         config("wanda/owl/0.7", "wanda", {"name": "owl"}, 0.7),
-        config("wanda/neuroal/0.7", "wanda", {"name": "neuroal", **PUBLISHED}, 0.7),
+        config("wanda/neuroal/0.7", "wanda", {"name": "neuroal"}, 0.7),  # the published defaults
     ]
     for sparsity, base in [(0.8, "wanda"), (0.7, "magnitude"), (0.8, "magnitude"), (0.6, "wanda"), (0.6, "magnitude")]:
         out.append(config(f"{base}/uniform/{sparsity}", base, {"name": "uniform"}, sparsity))
         out.append(config(f"{base}/owl/{sparsity}", base, {"name": "owl"}, sparsity))
         out.append(config(f"{base}/neuroal[cheap]/{sparsity}", base, {"name": "neuroal", **CHEAP}, sparsity))
     out += [
-        w70("samples2-seqlen32", {"dense_inputs": "pruned", "search_samples": 2, "search_seqlen": 32}),
+        w70("samples2-seqlen32", {"search_samples": 2, "search_seqlen": 32}),
         config("sparsegpt/uniform/0.7", "sparsegpt", {"name": "uniform"}, 0.7),
         config("sparsegpt/owl/0.7", "sparsegpt", {"name": "owl"}, 0.7),
         config("sparsegpt/neuroal[cheap]/0.7", "sparsegpt", {"name": "neuroal", **CHEAP}, 0.7),
-        w70("seqlen32", {**PUBLISHED, "search_seqlen": 32}),
-        w70("samples2", {**PUBLISHED, "search_samples": 2}),
-        w70("coarse", {**PUBLISHED, **COARSE}),
-        config("wanda/neuroal/0.6", "wanda", {"name": "neuroal", **PUBLISHED}, 0.6),
-        config("wanda/neuroal/0.8", "wanda", {"name": "neuroal", **PUBLISHED}, 0.8),
+        w70("seqlen32", {"search_seqlen": 32}),
+        w70("samples2", {"search_samples": 2}),
+        w70("coarse", COARSE),
+        config("wanda/neuroal/0.6", "wanda", {"name": "neuroal"}, 0.6),  # the published defaults
+        config("wanda/neuroal/0.8", "wanda", {"name": "neuroal"}, 0.8),
     ]
-    # NeuroAL's defaults since 2026-12-02 (dense_inputs = "dense", fewer search samples)
-    for base in ("wanda", "magnitude"):
-        out += [config(f"{base}/neuroal[default]/{s}", base, {"name": "neuroal"}, s) for s in (0.6, 0.7, 0.8)]
-    out.append(config("sparsegpt/neuroal[default]/0.7", "sparsegpt", {"name": "neuroal"}, 0.7))
     assert len({c["name"] for c in out}) == len(out), "configuration names must be unique"
     return out
 
