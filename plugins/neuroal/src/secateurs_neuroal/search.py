@@ -23,7 +23,6 @@ candidate's score is the sum over every linear of every block (lower is better).
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 import attrs
@@ -62,6 +61,18 @@ class Profile:
         return attrs.asdict(self)
 
 
+@attrs.frozen
+class Dense:
+    """What the candidates with one input stream share at a block: the dense ``stats``,
+    the base ``scores`` (``None`` for scorers that select: they score per allocation) and,
+    when several candidates share those scores, their per-row ``ranks`` (``None``: each
+    candidate's applier sorts)."""
+
+    stats: dict[str, InputStats]
+    scores: Mapping[str, torch.Tensor] | None
+    ranks: Mapping[str, torch.Tensor] | None = None
+
+
 class Search:
     """Evaluates plans on fixed search ``inputs`` (block 0's inputs of the search samples).
 
@@ -75,7 +86,7 @@ class Search:
         self.profile = Profile()
         scorer = session.scorer
         self._input_free_scores = not scorer.selects and not (set(scorer.requires) & {STAT_SQ_NORM, STAT_HESSIAN})
-        self._first: tuple[dict[str, InputStats], Mapping[str, torch.Tensor] | None] | None = None
+        self._first: Dense | None = None
 
     def evaluate(self, plans: Sequence[Plan], *, keep_vectors: bool = False) -> list[Outcome]:
         """Score every plan (same order); ``keep_vectors`` keeps the alignment vectors."""
@@ -88,14 +99,13 @@ class Search:
         with torch.no_grad():
             for block in blocks:
                 last = block is blocks[-1]
-                dense, scores = self._dense(block, streams)
-                ranks = self._shared_ranks(block, streams, scores)
+                dense = self._dense(block, streams)
                 for c, plan in enumerate(plans):
-                    key = id(streams[c])
+                    ref = dense[id(streams[c])]
                     with session.trial(block):
                         start = time.perf_counter()
                         session.prune_block(
-                            block, dense[key], streams[c], plan(block), scores=scores[key], ranks=ranks.get(key)
+                            block, ref.stats, streams[c], plan(block), scores=ref.scores, ranks=ref.ranks
                         )
                         mid = time.perf_counter()
                         sparse, streams[c] = session.collect(block, streams[c], hessian=False, keep_outputs=not last)
@@ -103,39 +113,25 @@ class Search:
                     self.profile.sparse_seconds += time.perf_counter() - mid
                     self.profile.sample_forwards += self._samples
                     self.profile.prunes += 1
-                    _record(outcomes[c], block, dense[key], sparse, keep_vectors)
+                    _record(outcomes[c], block, ref.stats, sparse, keep_vectors)
         return outcomes
 
-    def _shared_ranks(
-        self, block: Block, streams: list[Inputs], scores: Mapping[int, Mapping[str, torch.Tensor] | None]
-    ) -> dict[int, Mapping[str, torch.Tensor]]:
-        """Ranks of the scores that several candidates share (by stream key), sorted once,
-        when the run's applier can use them; the others sort per candidate."""
-        users = Counter(id(scores[id(s)]) for s in streams)
-        start = time.perf_counter()
-        once: dict[int, Mapping[str, torch.Tensor] | None] = {}
-        for sc in scores.values():
-            if sc is not None and users[id(sc)] > 1 and id(sc) not in once:
-                once[id(sc)] = self.session.ranks(block, sc)
-        out = {key: once[id(sc)] for key, sc in scores.items() if sc is not None and once.get(id(sc)) is not None}
-        self.profile.prune_seconds += time.perf_counter() - start
-        return out
-
-    def _dense(
-        self, block: Block, streams: list[Inputs]
-    ) -> tuple[dict[int, dict[str, InputStats]], dict[int, Mapping[str, torch.Tensor] | None]]:
-        """Dense statistics and shareable scores per distinct stream (keyed by ``id``)."""
+    def _dense(self, block: Block, streams: list[Inputs]) -> dict[int, Dense]:
+        """What the candidates of each distinct stream share at ``block`` (keyed by ``id``)."""
+        several = len(streams) > 1  # candidates to share one sort
         if block is self.session.blocks[0]:  # every candidate starts from the search inputs
             if self._first is None:
                 stats = self._collect(block, [self.inputs])[0]
-                self._first = (stats, self._scores(block, stats))
-            stats, scores = self._first
-            return {id(self.inputs): stats}, {id(self.inputs): scores}
+                scores = self._scores(block, stats)
+                self._first = Dense(stats, scores, self._ranks(block, scores) if several else None)
+            return {id(self.inputs): self._first}
         distinct = list({id(s): s for s in streams}.values())
         stats = dict(zip(map(id, distinct), self._collect(block, distinct), strict=True))
-        if self._input_free_scores:
-            return stats, dict.fromkeys(stats, self._scores(block, next(iter(stats.values()))))
-        return stats, {key: self._scores(block, st) for key, st in stats.items()}
+        if self._input_free_scores:  # one scoring (and one sort) for every stream
+            scores = self._scores(block, next(iter(stats.values())))
+            ranks = self._ranks(block, scores) if several else None
+            return {key: Dense(st, scores, ranks) for key, st in stats.items()}
+        return {key: Dense(st, self._scores(block, st)) for key, st in stats.items()}
 
     def _collect(self, block: Block, distinct: list[Inputs]) -> list[dict[str, InputStats]]:
         start = time.perf_counter()
@@ -153,6 +149,15 @@ class Search:
         scores = self.session.score(block, stats)
         self.profile.prune_seconds += time.perf_counter() - start
         return scores
+
+    def _ranks(self, block: Block, scores: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor] | None:
+        """``scores`` sorted once for the candidates sharing them (``None``: each sorts its own)."""
+        if scores is None:
+            return None
+        start = time.perf_counter()
+        ranks = self.session.ranks(block, scores)
+        self.profile.prune_seconds += time.perf_counter() - start
+        return ranks
 
 
 def _record(outcome: Outcome, block: Block, dense: Mapping[str, InputStats], sparse: Mapping[str, InputStats], keep: bool) -> None:
