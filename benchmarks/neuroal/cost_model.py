@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from results_io import write_results  # noqa: E402
 
-SEQLENS = (32, 64, 256, 1024, 2048)
+SEQLENS = (32, 64, 128, 256, 1024, 2048)
 BLOCK_GRID, ROW_GRID = 14, 14  # published grids (row grid without λ = 0, which is reused)
 COARSE = 6, 5
 
@@ -101,6 +101,7 @@ def main() -> None:
         "paper: 128x2048, search 8x256": (128, 2048, 8, 256),
         "paper: 128x2048, search 2x2048": (128, 2048, 2, 2048),
         "ratio.py: 64x1024, search 8x1024": (64, 1024, 8, 1024),
+        "ratio.py: 64x1024, search 8x128": (64, 1024, 8, 128),
         "bench: 16x64, search 8x64": (16, 64, 8, 64),
         "bench: 16x64, search 2x32": (16, 64, 2, 32),
     }

@@ -4,8 +4,10 @@
 
 SmolLM2-135M, 70 % sparsity, Wanda scores, calibration 64 × 1024 tokens of
 ``shakespeare-train`` (seed 0) for every configuration; perplexity over 16 × 512 tokens of
-``shakespeare-test``. Rows: Wanda alone (uniform) and NeuroAL's published search (its
-defaults: 14 + 14 λ, 8 search samples at full length). The results file also holds a
+``shakespeare-test``. Rows: Wanda alone (uniform), NeuroAL's published search (its
+defaults: 14 + 14 λ, 8 search samples at full length) and NeuroAL's fast search (the
+coarse grids of ``smollm2.py``, 6 + 5 λ, on the first 128 tokens of the 8 search
+samples: the configuration within 1.5× of Wanda). The results file also holds a
 variant measured on 2026-12-02 and then removed from the code (``wanda/neuroal/0.7``:
 candidates compared with the dense model's own activations, 2 search samples of 512
 tokens; see benchmarks/README.md). Each configuration runs in its own process on two torch threads;
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smollm2 import MODEL, config, run_all  # noqa: E402
+from smollm2 import COARSE, MODEL, config, run_all  # noqa: E402
 
 NAME = "neuroal_ratio"
 CALIBRATION = {"name": "text", "corpus": "shakespeare-train", "nsamples": 64, "seqlen": 1024}
@@ -31,6 +33,7 @@ def configurations() -> list[dict]:
     rows = [
         config("wanda/uniform/0.7", "wanda", {"name": "uniform"}, 0.7),
         config("wanda/neuroal[published]/0.7", "wanda", {"name": "neuroal"}, 0.7),  # the defaults
+        config("wanda/neuroal[coarse,8x128]/0.7", "wanda", {"name": "neuroal", **COARSE, "search_seqlen": 128}, 0.7),
     ]
     return [{**row, "calibration": CALIBRATION, "evaluation": EVALUATION, "threads": THREADS} for row in rows]
 

@@ -13,7 +13,10 @@ Guarantees (README "Reliability"):
   a crash or a kill leaves the final path as it was. Litter of the same output left by a
   killed run (``.NAME.tmp-*`` / ``.NAME.old-*`` of a process no longer alive, older than
   this process) is removed by the next write of that output;
-- files and folders get the permissions of any normal write (the umask applies).
+- files and folders get the permissions of any normal write (the umask applies);
+- while an output folder is written, memory freed goes back to the system
+  (``heap.returning_freed_memory``), so writing a model shard by shard stays within a
+  memory budget.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from secateurs.errors import SecateursError
+from secateurs.heap import returning_freed_memory
 
 MARKER = ".secateurs-output.json"
 """Written last into every output directory: the names secateurs wrote there."""
@@ -198,14 +202,17 @@ def _sibling(final: Path, kind: str, suffix: str = "") -> Path:
 @contextmanager
 def atomic_output_dir(path: str | Path, *, overwrite: bool = False, reads: Reads = ()) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces ``path`` (checked again with
-    ``check_output``) and gets ``MARKER``, on failure it is removed."""
+    ``check_output``) and gets ``MARKER``, on failure it is removed. While it is written,
+    freed buffers go back to the system (``returning_freed_memory``), so a model written
+    shard by shard holds one shard at a time."""
     final = check_output(path, reads=reads, overwrite=overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final)
     tmp = _sibling(final, "tmp")
     tmp.mkdir()  # mode 0o777 minus the umask, like any folder
     try:
-        yield tmp
+        with returning_freed_memory():
+            yield tmp
         names = sorted(p.name for p in tmp.iterdir())
         (tmp / MARKER).write_text(json.dumps({"written_by": "secateurs", "files": names}, indent=1) + "\n")
         _apply_umask(tmp)
