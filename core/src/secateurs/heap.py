@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -22,8 +21,6 @@ MIB = 2**20
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 _GROWN_THRESHOLD = 32 * MIB  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems
 _USER_SETTING = "MALLOC_MMAP_THRESHOLD_"  # the user's own threshold: left as it is
-_active = 0  # nesting depth: only the outermost context sets and restores
-_lock = threading.Lock()
 
 
 @cache
@@ -42,23 +39,19 @@ def returning_freed_memory(threshold: int = MIB) -> Iterator[None]:
     maps allocations of at least ``threshold`` bytes on their own, so they go back to the
     system when freed. On leaving, the threshold is set to the largest value glibc's own
     adjustment reaches (later large allocations stay as fast as before) and the heap's
-    free memory is returned again. Nested uses act as one (the outermost); a threshold
-    the user set in the environment (``MALLOC_MMAP_THRESHOLD_``) is kept."""
-    global _active
+    free memory is returned again. A threshold the user set in the environment
+    (``MALLOC_MMAP_THRESHOLD_``) is kept."""
     libc = _glibc()
     if libc is None:
         yield
         return
-    with _lock:
-        outermost, _active = _active == 0, _active + 1
-        libc.malloc_trim(0)
-        if outermost and _USER_SETTING not in os.environ:
-            libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+    own_threshold = _USER_SETTING not in os.environ
+    libc.malloc_trim(0)
+    if own_threshold:
+        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
     try:
         yield
     finally:
-        with _lock:
-            _active -= 1
-            if outermost and _USER_SETTING not in os.environ:
-                libc.mallopt(_M_MMAP_THRESHOLD, _GROWN_THRESHOLD)
-            libc.malloc_trim(0)
+        if own_threshold:
+            libc.mallopt(_M_MMAP_THRESHOLD, _GROWN_THRESHOLD)
+        libc.malloc_trim(0)
