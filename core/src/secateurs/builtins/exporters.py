@@ -10,6 +10,7 @@ import attrs
 
 from secateurs.hookspecs import hookimpl
 from secateurs.protocols import LoadedModel
+from secateurs.provenance import gather
 from secateurs.types import PruneResult
 
 
@@ -23,13 +24,17 @@ class SafetensorsExporter:
 
 @attrs.frozen
 class ReportExporter:
-    """``report.json``: per-unit sparsity, parameters kept, timings, records, the recipe."""
+    """``report.json``: per-unit sparsity, parameters kept, timings, records, the recipe,
+    and under ``provenance`` where it came from (``secateurs.provenance.gather``)."""
 
     filename: str = "report.json"
 
     def export(self, loaded: LoadedModel, result: PruneResult, directory: Path) -> list[Path]:
         path = directory / self.filename
-        path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        recipe = result.recipe
+        provenance = gather(loaded.source, recipe.get("device", "cpu"), recipe.get("reference_model"))
+        report = result.to_dict() | {"provenance": provenance}
+        path.write_text(json.dumps(report, indent=2, default=str))
         return [path]
 
 
