@@ -1,27 +1,49 @@
-"""The ``secateurs`` command line: prune, eval, plugins, and the commands plugins add."""
+"""The ``secateurs`` command line: prune, eval, prune-curve, plugins, inspect, and the
+commands plugins add.
+
+Answering at once: this module imports only click and light secateurs modules; every
+command imports what it works with when it runs, and plugin commands are listed from the
+entry-point group ``secateurs.commands`` and imported only when run or when their help is
+shown (``PluginCommands``), so ``secateurs --help`` and ``secateurs CMD --help`` import no torch.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from importlib.metadata import EntryPoint
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from secateurs.errors import SecateursError
-from secateurs.inspection import inspect_command
-from secateurs.plugins import KINDS, get_manager
-from secateurs.outputs import Reads, check_output
-from secateurs.recipe import Recipe, load_recipe, parse_overrides
+from secateurs.plugins import KINDS, PluginInfo, command_entry_points, get_manager
 
+if TYPE_CHECKING:
+    from secateurs.outputs import Reads
+    from secateurs.recipe import Recipe
 
 PLURALS = {"calibration": "calibration sources", "model": "packaged models"}
 OVERWRITE_HELP = "Replace an output directory an earlier secateurs run wrote (never any other folder)."
+TOML_VALUES = (
+    "Values are TOML: numbers and true/false bare, strings quoted (--set {example}); "
+    "an unquoted value that is not TOML is taken as a string."
+)
+SET_HELP = "Override any recipe key, dotted; repeatable. " + TOML_VALUES.format(example="calibration.corpus='\"nyt-train\"'")
+RATES_HELP = "Pruning rates in percent: START:STOP:STEP (inclusive) or a comma list."
+
+
+def example(*lines: str) -> str:
+    """A command's epilog: its example command lines, shown unwrapped under ``--help``."""
+    return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def command_recipe(path: str, sets: tuple[str, ...] = (), **options: object) -> Recipe:
     """RECIPE as a command was given it: loaded, then the ``--set KEY=VALUE`` pairs and
     every named option that was given (not ``None``) applied as overrides. Plugins'
     commands use it so that every command reads a recipe the same way."""
+    from secateurs.recipe import load_recipe, parse_overrides
+
     overrides = parse_overrides(sets)
     overrides.update({key: value for key, value in options.items() if value is not None})
     return load_recipe(path).with_overrides(overrides)
@@ -30,25 +52,75 @@ def command_recipe(path: str, sets: tuple[str, ...] = (), **options: object) -> 
 def checked_reads(output: str | None, recipe_path: str, recipe: Recipe, *, overwrite: bool) -> Reads:
     """The paths a command of ``recipe`` reads; ``output`` (when given) is checked
     against them (``secateurs.outputs.check_output``) before any work."""
+    from secateurs.outputs import check_output
+
     reads = [*recipe.read_paths(), ("recipe", recipe_path)]
     if output is not None:
         check_output(output, reads=reads, overwrite=overwrite)
     return reads
 
 
-@click.group()
+class PluginCommands(click.Group):
+    """The root group: the core's commands, and the commands plugins declare in the
+    entry-point group ``secateurs.commands`` (``secateurs.plugins.command_entry_points``),
+    listed from metadata and imported only when run or when their help is shown. A command
+    that cannot be imported is listed as unavailable and refuses, naming its distribution."""
+
+    def _declared(self, ctx: click.Context) -> dict[str, tuple[EntryPoint, PluginInfo]]:
+        meta = ctx.find_root().meta  # read once per invocation
+        if "secateurs.commands" not in meta:
+            meta["secateurs.commands"] = command_entry_points()
+        return meta["secateurs.commands"]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self._declared(ctx)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        declared = self._declared(ctx).get(cmd_name)
+        if declared is None:
+            return None
+        command = _load_command(cmd_name, *declared)
+        self.add_command(command, cmd_name)
+        return command
+
+
+def _load_command(name: str, point: EntryPoint, plugin: PluginInfo) -> click.Command:
+    """The command ``point`` names, or one that refuses with why it is unavailable."""
+    try:
+        command = point.load()
+    except Exception as exc:
+        problem = f"cannot be imported ({point.value}): {exc!r}"
+    else:
+        if isinstance(command, click.Command):
+            return command
+        problem = f"is not a click command ({point.value} is a {type(command).__name__})"
+    reason = f"command {name!r} of {plugin.distribution} {plugin.version} {problem}; reinstall {plugin.distribution}"
+
+    def refuse(**_: Any) -> None:
+        raise SecateursError(reason)
+
+    return click.Command(
+        name, callback=refuse, help=f"Unavailable: {reason}", short_help="unavailable (run it to see why)",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        params=[click.Argument(["args"], nargs=-1)],
+    )
+
+
+@click.group(cls=PluginCommands, epilog=example("secateurs prune recipes/smollm2-wanda-50.toml", "secateurs prune --help"))
 @click.version_option(package_name="secateurs")
 def cli() -> None:
     """secateurs: prune PyTorch models with pluggable scorers, allocators and appliers."""
 
 
-@cli.command()
+@cli.command(epilog=example("secateurs prune recipes/smollm2-wanda-50.toml --sparsity 0.6 -o out/smollm2-wanda-60"))
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--model", help="Override the recipe's model (path or packaged name).")
 @click.option("--output", "-o", help="Override the recipe's output directory.")
-@click.option("--sparsity", type=float, help="Override the target sparsity.")
+@click.option("--sparsity", type=float, help="Override the target sparsity (a fraction in [0, 1)).")
 @click.option("--device", help="Device to prune on (cpu, cuda, cuda:1...).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key (dotted).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> None:
@@ -78,14 +150,17 @@ def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> No
         click.echo(f"saved to {outcome.output}")
 
 
-@cli.command("eval")
+@cli.command("eval", epilog=example("secateurs eval out/smollm2-wanda-50 --set corpus='\"nyt-test\"' --set seqlen=512"))
 @click.argument("model")
-@click.option("--evaluator", default="perplexity", show_default=True)
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Evaluator parameter (corpus=nyt-test).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--evaluator", default="perplexity", show_default=True,
+              help="Registered evaluator to run (secateurs plugins lists them).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Evaluator parameter; repeatable. " + TOML_VALUES.format(example="corpus='\"nyt-test\"'"))
+@click.option("--device", default="cpu", show_default=True, help="Device to evaluate on (cpu, cuda, cuda:1...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_(model, evaluator, sets, device, as_json) -> None:
     """Measure MODEL (a path or packaged name) with an evaluator (default: perplexity)."""
+    from secateurs.recipe import parse_overrides
     from secateurs.run import evaluate
 
     metrics = evaluate(model, evaluator, device=device, **parse_overrides(sets))
@@ -96,17 +171,14 @@ def eval_(model, evaluator, sets, device, as_json) -> None:
             click.echo(f"{name}: {value:.6g}")
 
 
-RATES_HELP = "Pruning rates in percent: START:STOP:STEP (inclusive) or a comma list."
-
-
-@cli.command("prune-curve")
+@cli.command("prune-curve", epilog=example("secateurs prune-curve recipes/smollm2-wanda-50.toml --rates 0:90:10 -o out/curve"))
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Write curve.json and curve.png here.")
 @click.option("--rates", help=RATES_HELP + "  [default: 0:95:5]")
 @click.option("--metric", help="Metric of the recipe's evaluator to plot (default: its first).")
-@click.option("--model", help="Override the recipe's model.")
-@click.option("--device", help="Device (cpu, cuda...).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key (dotted).")
+@click.option("--model", help="Override the recipe's model (path or packaged name).")
+@click.option("--device", help="Device to run on (cpu, cuda, cuda:1...).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def prune_curve(recipe, output, rates, metric, model, device, sets, overwrite, quiet) -> None:
@@ -137,19 +209,30 @@ def prune_curve(recipe, output, rates, metric, model, device, sets, overwrite, q
         click.echo(f"saved curve.json and curve.png to {Path(output).resolve()}")
 
 
-@cli.command()
+@cli.command(epilog=example("secateurs plugins --json"))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json) -> None:
-    """List every plugin, its distribution and version, and what it registered."""
+    """List every plugin, its distribution and version, what it registered and the
+    commands its distribution adds."""
     manager = get_manager()
+    commands: dict[str, list[str]] = {}
+    declared_by = {}  # distribution → its PluginInfo
+    for name, (_, info) in sorted(command_entry_points().items()):
+        commands.setdefault(info.distribution, []).append(name)
+        declared_by[info.distribution] = info
     rows = [
         {
             "name": p.name,
             "distribution": p.distribution,
             "version": p.version,
             "registered": manager.registered.get(p.name, {}),
+            "commands": commands.pop(p.distribution, []),
         }
         for p in manager.plugins
+    ]
+    rows += [
+        {"name": dist, "distribution": dist, "version": declared_by[dist].version, "registered": {}, "commands": names}
+        for dist, names in commands.items()
     ]
     failures = [{"plugin": f.plugin.name, "distribution": f.plugin.distribution, "error": f.error} for f in manager.failures]
     if as_json:
@@ -161,11 +244,25 @@ def plugins(as_json) -> None:
             names = row["registered"].get(kind)
             if names:
                 click.echo(f"    {PLURALS.get(kind, kind + 's') + ':':<22}{', '.join(names)}")
+        if row["commands"]:
+            click.echo(f"    {'commands:':<22}{', '.join(row['commands'])}")
     for failure in failures:
         click.echo(f"FAILED {failure['plugin']} ({failure['distribution']})", err=True)
 
 
-cli.add_command(inspect_command)
+@cli.command("inspect", epilog=example("secateurs inspect smollm2-135m", "secateurs inspect out/smollm2-wanda-50 --json"))
+@click.argument("model")
+@click.option("--adapter", help="Use this adapter instead of the first that claims the model.")
+@click.option("--device", default="cpu", show_default=True, help="Device to load the model on (cpu, cuda...).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(model: str, adapter: str | None, device: str, as_json: bool) -> None:
+    """Show how an adapter sees MODEL (a path or packaged name): blocks, prunable units
+    with shapes, parameters and current sparsity, structured groups."""
+    from secateurs.inspection import describe, render
+    from secateurs.loading import load
+
+    report = describe(load(model, device=device, adapter=adapter))
+    click.echo(json.dumps(report, indent=2) if as_json else render(report))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,8 +3,12 @@
 A plugin implements any of these hooks and calls ``register(name, factory)`` for every
 part it provides. ``factory(**params)`` is called with the recipe's parameters for that
 part and must return an object satisfying the protocol of its kind
-(``secateurs.protocols``). Names are global per kind: registering a name that another
-plugin already registered is an error reported against the later plugin.
+(``secateurs.protocols``). ``factory`` may be the callable itself or a reference to it,
+``"package.module:attribute"`` or ``secateurs.references.lazy(ref, *args)``, imported
+when the part is first built: a plugin module that registers only references and imports
+nothing heavy keeps ``secateurs --help`` and ``secateurs plugins`` fast. Names are global
+per kind: registering a name that another plugin already registered is an error reported
+against the later plugin.
 """
 
 from __future__ import annotations
@@ -71,4 +75,6 @@ def secateurs_register_models(register: Register) -> None:
 @hookspec
 def secateurs_register_commands(cli: Any) -> None:
     """Add sub-commands to the ``secateurs`` command line: ``cli`` is the root
-    ``click.Group``; decorate new commands with ``@cli.command()``."""
+    ``click.Group``; decorate new commands with ``@cli.command()``. The slower path (the
+    plugin's commands are built on every command): declaring each command in the entry-point
+    group ``secateurs.commands`` imports it only when it is run or its help is shown."""

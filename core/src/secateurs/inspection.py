@@ -1,17 +1,15 @@
-"""``secateurs inspect MODEL``: what the adapter sees in a model, and how pruned it is.
+"""What the adapter sees in a model, and how pruned it is (``secateurs inspect MODEL``).
 
 ``describe(loaded)`` returns plain data (the adapter, every block with its prunable units
 — shape, parameters, current sparsity — and structured groups — components, how many
 are entirely zero — plus the parameters outside the units), ``render`` turns it into
-text; the command prints one or the other (``--json``).
+text; the command (``secateurs.cli``) prints one or the other (``--json``).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import click
 import torch
 
 from secateurs.protocols import LoadedModel
@@ -110,17 +108,3 @@ def render(report: dict[str, Any]) -> str:
     lines.append("\nnot pruned (outside the blocks):")
     lines += [f"    {o['module']:<48} {o['params']:>12,}" for o in report["not_pruned"]]
     return "\n".join(lines)
-
-
-@click.command("inspect")
-@click.argument("model")
-@click.option("--adapter", help="Use this adapter instead of the first that claims the model.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect_command(model: str, adapter: str | None, device: str, as_json: bool) -> None:
-    """Show how an adapter sees MODEL (a path or packaged name): blocks, prunable units
-    with shapes, parameters and current sparsity, structured groups."""
-    from secateurs.loading import load
-
-    report = describe(load(model, device=device, adapter=adapter))
-    click.echo(json.dumps(report, indent=2) if as_json else render(report))

@@ -8,6 +8,12 @@ recorded in ``PluginManager.failures`` (with the plugin and its distribution nam
 skipped; a plugin that registers a name another plugin already has loses that one name
 (recorded too) and keeps its other parts; the others still load. The CLI prints every
 ``PluginManager.warnings()`` line on every command.
+
+Plugin modules stay light: a part may be registered by reference
+(``register("ken", "secateurs_ken.parts:KenScorer")``, ``secateurs.references``) and is
+imported when first built, so loading every plugin imports no torch. CLI commands are
+declared in the entry-point group ``secateurs.commands`` (``command_entry_points``) and
+imported only when run or when their help is shown.
 """
 
 from __future__ import annotations
@@ -17,40 +23,37 @@ import importlib.metadata
 import os
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 import pluggy
 
 from secateurs import hookspecs
+from secateurs.builtins.registry import BUILTINS, BuiltinPlugin
 from secateurs.errors import SecateursError
-from secateurs.protocols import (
-    Adapter,
-    Allocator,
-    Applier,
-    CalibrationSource,
-    Evaluator,
-    Exporter,
-    PackagedModel,
-    Scorer,
-    missing_members,
-)
+from secateurs.references import Lazy
+
+if TYPE_CHECKING:
+    from secateurs.protocols import (
+        Adapter,
+        Allocator,
+        Applier,
+        CalibrationSource,
+        Evaluator,
+        Exporter,
+        PackagedModel,
+        Scorer,
+    )
 
 ENTRY_POINT_GROUP = "secateurs"
 LOAD_PLUGINS_ENV = "SECATEURS_LOAD_PLUGINS"
 _NOT_LOADED = f"none of its parts are loaded (fix or uninstall it, or leave it out of {LOAD_PLUGINS_ENV})"
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "secateurs.builtins.scorers",
-    "secateurs.builtins.allocators",
-    "secateurs.builtins.appliers",
-    "secateurs.builtins.sparsegpt",
-    "secateurs.builtins.owl",
-    "secateurs.builtins.remove",
-    "secateurs.builtins.exporters",
-    "secateurs.builtins.text",
-    "secateurs.builtins.module",
-)
+COMMANDS_GROUP = "secateurs.commands"
+"""Entry-point group of CLI commands: ``name = "package.module:click_command"``."""
+
+DEFAULT_PLUGINS: tuple[str, ...] = tuple(BUILTINS)
+"""The built-in plugins, named after the modules their parts live in."""
 
 KINDS: dict[str, str] = {
     "adapter": "secateurs_register_adapters",
@@ -63,17 +66,30 @@ KINDS: dict[str, str] = {
     "model": "secateurs_register_models",
 }
 
-PROTOCOLS: dict[str, type] = {
-    "adapter": Adapter,
-    "scorer": Scorer,
-    "allocator": Allocator,
-    "applier": Applier,
-    "exporter": Exporter,
-    "calibration": CalibrationSource,
-    "evaluator": Evaluator,
-    "model": PackagedModel,
+PROTOCOL_NAMES: dict[str, str] = {
+    "adapter": "Adapter",
+    "scorer": "Scorer",
+    "allocator": "Allocator",
+    "applier": "Applier",
+    "exporter": "Exporter",
+    "calibration": "CalibrationSource",
+    "evaluator": "Evaluator",
+    "model": "PackagedModel",
 }
-"""Kind → what ``Registry.create`` checks the built part is (``isinstance``)."""
+"""Kind → the ``secateurs.protocols`` class ``Registry.create`` checks the built part is."""
+
+
+def protocol_of(kind: str) -> type:
+    """The protocol of ``kind``, imported on first use (``secateurs.protocols`` imports torch)."""
+    return getattr(importlib.import_module("secateurs.protocols"), PROTOCOL_NAMES[kind])
+
+
+def __getattr__(name: str) -> Any:
+    """``PROTOCOLS`` (kind → protocol class) is built on access, importing torch then."""
+    if name == "PROTOCOLS":
+        return {kind: protocol_of(kind) for kind in KINDS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 T = TypeVar("T")
 
@@ -96,23 +112,41 @@ class PluginFailure:
     error: str
 
 
-@attrs.frozen
+@attrs.define
 class Entry:
-    """A registered name: its factory and the plugin that registered it."""
+    """A registered name of a kind, the plugin that registered it, and its factory: a
+    callable, or a reference (``secateurs.references.Lazy``) imported on first access of
+    ``factory``; an import that fails raises a ``SecateursError`` naming the plugin."""
 
+    kind: str
     name: str
-    factory: Callable[..., Any]
+    source: Callable[..., Any] | Lazy
     plugin: PluginInfo
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        if isinstance(self.source, Lazy):
+            try:
+                self.source = self.source.load()
+            except Exception as exc:
+                raise SecateursError(
+                    f"{self.kind} {self.name!r} of plugin {self.plugin.label()} cannot be imported "
+                    f"({self.source.ref}): {exc!r}; reinstall {self.plugin.distribution} with its dependencies"
+                ) from exc
+        return self.source
 
 
 class Registry(Generic[T]):
     """Named factories of one kind. ``create(name, **params)`` builds one with clear errors
     and checks it is a ``protocol`` (the kind's base protocol)."""
 
-    def __init__(self, kind: str, protocol: type[T]) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.protocol = protocol
         self._entries: dict[str, Entry] = {}
+
+    @property
+    def protocol(self) -> type[T]:
+        return protocol_of(self.kind)
 
     def add(self, entry: Entry) -> None:
         if entry.name in self._entries:
@@ -148,18 +182,20 @@ class Registry(Generic[T]):
         """``factory(**params)`` of ``name``; a ``SecateursError`` names the part on bad
         parameters, and names the plugin and the missing members when the part built is
         not a ``protocol``."""
-        entry = self.entry(name)
+        factory = self.entry(name).factory
         try:
-            part = entry.factory(**params)
+            part = factory(**params)
         except TypeError as exc:
             raise SecateursError(f"bad parameters for {self.kind} {name!r}: {exc}") from exc
         except ValueError as exc:
             raise SecateursError(f"{self.kind} {name!r}: {exc}") from exc
         if not isinstance(part, self.protocol):
+            from secateurs.protocols import missing_members
+
             missing = missing_members(part, self.protocol)
             reason = f"it lacks {', '.join(missing)}" if missing else f"it is a {type(part).__name__}"
             raise SecateursError(
-                f"{self.kind} {name!r} of plugin {entry.plugin.label()} does not satisfy the "
+                f"{self.kind} {name!r} of plugin {self.entry(name).plugin.label()} does not satisfy the "
                 f"{self.protocol.__name__} protocol (secateurs.protocols): {reason}"
             )
         return part
@@ -183,9 +219,8 @@ class PluginManager:
         self.failures: list[PluginFailure] = []
         self.unknown_requested: list[str] = []
         self.registered: dict[str, dict[str, list[str]]] = {}
-        for module_name in DEFAULT_PLUGINS:
-            module = importlib.import_module(module_name)
-            self._add(module_name, module, PluginInfo(module_name, "secateurs", _version("secateurs")))
+        for name in DEFAULT_PLUGINS:
+            self._add(name, BuiltinPlugin(name), PluginInfo(name, "secateurs", _version("secateurs")))
         if load_entry_points:
             self._load_entry_points()
         self.registries: dict[str, Registry[Any]] = {}
@@ -197,15 +232,13 @@ class PluginManager:
         self.plugins.append(info)
 
     def _load_entry_points(self) -> None:
-        selected = os.environ.get(LOAD_PLUGINS_ENV)
-        wanted = None if selected is None else {s.strip() for s in selected.split(",") if s.strip()}
+        wanted = _wanted()
         points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
         self.unknown_requested = sorted((wanted or set()) - {ep.name for ep in points})
         for ep in points:
             if wanted is not None and ep.name not in wanted:
                 continue
-            dist, version = (ep.dist.name, ep.dist.version) if ep.dist else ("unknown", "unknown")
-            info = PluginInfo(ep.name, dist, version)
+            info = PluginInfo(ep.name, *_distribution(ep))
             if self.pm.has_plugin(ep.name):
                 continue
             try:
@@ -228,7 +261,7 @@ class PluginManager:
     def _collect(self) -> None:
         """Ask every plugin what it registers; a plugin whose hook raises or whose names
         clash registers nothing and is recorded in ``failures``."""
-        self.registries = {kind: Registry(kind, PROTOCOLS[kind]) for kind in KINDS}
+        self.registries = {kind: Registry(kind) for kind in KINDS}
         self.registered = {}
         self.failures = [f for f in self.failures if f.error.startswith("import failed")]
         infos = {p.name: p for p in self.plugins}
@@ -241,8 +274,8 @@ class PluginManager:
                     continue
                 entries: list[Entry] = []
 
-                def register(name: str, factory: Callable[..., Any], _e=entries, _i=info) -> None:
-                    _e.append(Entry(name, factory, _i))
+                def register(name: str, factory: Callable[..., Any] | Lazy | str, _e=entries, _i=info, _k=kind) -> None:
+                    _e.append(Entry(_k, name, Lazy(factory) if isinstance(factory, str) else factory, _i))
 
                 try:
                     impl.function(register=register)
@@ -278,7 +311,9 @@ class PluginManager:
         return lines
 
     def add_commands(self, cli: Any) -> None:
-        """Let plugins add CLI sub-commands; a failing plugin is recorded, not fatal."""
+        """Let plugins that implement ``secateurs_register_commands`` add CLI sub-commands
+        (the slower path: their modules are imported on every command; the entry-point
+        group ``secateurs.commands`` is the fast one); a failing plugin is recorded, not fatal."""
         for impl in self.pm.hook.secateurs_register_commands.get_hookimpls():
             try:
                 impl.function(cli=cli)
@@ -318,6 +353,32 @@ class PluginManager:
     @property
     def models(self) -> Registry[PackagedModel]:
         return self.registries["model"]
+
+
+def _wanted() -> set[str] | None:
+    """The entry-point names ``SECATEURS_LOAD_PLUGINS`` selects; ``None`` when unset (all)."""
+    selected = os.environ.get(LOAD_PLUGINS_ENV)
+    return None if selected is None else {s.strip() for s in selected.split(",") if s.strip()}
+
+
+def _distribution(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    return (ep.dist.name, ep.dist.version) if ep.dist else ("unknown", "unknown")
+
+
+def command_entry_points() -> dict[str, tuple[importlib.metadata.EntryPoint, PluginInfo]]:
+    """Commands plugins declare in the entry-point group ``secateurs.commands``, by name,
+    with the distribution declaring each; read from metadata, nothing imported. Under
+    ``SECATEURS_LOAD_PLUGINS`` only the commands of distributions it selects a plugin of."""
+    wanted = _wanted()
+    allowed = None if wanted is None else {
+        _distribution(ep)[0] for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name in wanted
+    }
+    commands = {}
+    for ep in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        dist, version = _distribution(ep)
+        if allowed is None or dist in allowed:
+            commands.setdefault(ep.name, (ep, PluginInfo(ep.name, dist, version)))
+    return commands
 
 
 _manager: PluginManager | None = None

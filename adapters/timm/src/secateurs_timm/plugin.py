@@ -1,5 +1,6 @@
 """secateurs plugin of the timm and torchvision adapters (ViT, VGG, ResNet), image data
-(Fashion-MNIST, image folders), accuracy evaluators and the Fashion-MNIST models.
+(Fashion-MNIST, image folders), accuracy evaluators and the Fashion-MNIST models; every
+part registered by reference, imported when first built (timm and torchvision import torch).
 
 The timm adapters are registered only when timm is installed; without it their names
 refuse with the line saying how to install it (``secateurs_timm.adapters.TimmMissing``), as
@@ -7,45 +8,49 @@ do the Fashion-MNIST models, which are timm models."""
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 
 from secateurs.hookspecs import hookimpl
-from secateurs.protocols import PackagedModel
-from secateurs_timm.adapters import ADAPTERS, MISSING, TimmMissing
-from secateurs_timm.folder import ImageFolderAccuracy, ImageFolderCalibration
-from secateurs_timm.vision import AccuracyEvaluator, ImageCalibration
-from secateurs_timm.zoo import ZOO, fashion_mnist_model
+from secateurs.references import lazy
+
+TIMM_ADAPTERS = {"vit": "ViTAdapter", "vgg": "VGGAdapter", "resnet": "ResNetAdapter"}
+"""``secateurs_timm.timm_adapters.ADAPTERS`` by name."""
+TORCHVISION_ADAPTERS = {
+    "torchvision-vit": "TorchvisionViTAdapter",
+    "torchvision-vgg": "TorchvisionVGGAdapter",
+    "torchvision-resnet": "TorchvisionResNetAdapter",
+}
+"""The adapters of ``secateurs_timm.tvision`` by name."""
+FASHION_MNIST = ("vgg", "resnet", "vit")
+"""The models of ``secateurs_timm.zoo.ZOO``, registered as ``fashion-mnist-NAME``."""
 
 
 @hookimpl
 def secateurs_register_adapters(register) -> None:
-    for name, adapter in ADAPTERS.items():
-        register(name, adapter)
-    for name in MISSING:
-        register(name, functools.partial(TimmMissing, name))
+    has_timm = importlib.util.find_spec("timm") is not None  # as secateurs_timm.optional.HAS_TIMM
+    if has_timm:
+        for name, cls in TIMM_ADAPTERS.items():
+            register(name, f"secateurs_timm.timm_adapters:{cls}")
+    for name, cls in TORCHVISION_ADAPTERS.items():
+        register(name, f"secateurs_timm.tvision:{cls}")
+    if not has_timm:
+        for name in TIMM_ADAPTERS:
+            register(name, lazy("secateurs_timm.adapters:TimmMissing", name))
 
 
 @hookimpl
 def secateurs_register_calibration_sources(register) -> None:
-    register("images", ImageCalibration)
-    register("image-folder", ImageFolderCalibration)
+    register("images", "secateurs_timm.vision:ImageCalibration")
+    register("image-folder", "secateurs_timm.folder:ImageFolderCalibration")
 
 
 @hookimpl
 def secateurs_register_evaluators(register) -> None:
-    register("accuracy", AccuracyEvaluator)
-    register("image-folder-accuracy", ImageFolderAccuracy)
-
-
-def _packaged(name: str):
-    return lambda: PackagedModel(
-        f"fashion-mnist-{name}",
-        ZOO[name].description + " (trained on first use, then cached)",
-        lambda: fashion_mnist_model(name),
-    )
+    register("accuracy", "secateurs_timm.vision:AccuracyEvaluator")
+    register("image-folder-accuracy", "secateurs_timm.folder:ImageFolderAccuracy")
 
 
 @hookimpl
 def secateurs_register_models(register) -> None:
-    for name in ZOO:
-        register(f"fashion-mnist-{name}", _packaged(name))
+    for name in FASHION_MNIST:
+        register(f"fashion-mnist-{name}", lazy("secateurs_timm.zoo:packaged_model", name))

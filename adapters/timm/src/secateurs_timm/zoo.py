@@ -14,6 +14,7 @@ import torch
 
 from secateurs.assets import cached
 from secateurs.errors import SecateursError
+from secateurs.protocols import PackagedModel
 from secateurs_timm.adapters import adapter_for
 from secateurs_timm.narrow import narrow
 from secateurs_timm.spec import TimmSpec
@@ -77,6 +78,15 @@ def fashion_mnist_model(name: str) -> Path:
     training settings, time and test accuracy."""
     zoo = entry(name)
     return cached(f"models/fashion-mnist-{name}-{VERSION}", lambda out: _build(zoo, out))
+
+
+def packaged_model(name: str) -> PackagedModel:
+    """``fashion-mnist-NAME`` as a packaged model (what the plugin registers under that name)."""
+    return PackagedModel(
+        f"fashion-mnist-{name}",
+        entry(name).description + " (trained on first use, then cached)",
+        lambda: fashion_mnist_model(name),
+    )
 
 
 def _build(zoo: ZooEntry, out: Path) -> None:

@@ -62,3 +62,8 @@ def packaged_models() -> list[PackagedModel]:
             minilm_path,
         ),
     ]
+
+
+def packaged_model(name: str) -> PackagedModel:
+    """The one of ``packaged_models()`` named ``name`` (the plugin registers each by name)."""
+    return next(p for p in packaged_models() if p.name == name)

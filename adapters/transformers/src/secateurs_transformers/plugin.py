@@ -1,28 +1,28 @@
-"""secateurs plugin: transformers adapters, packaged transformers models, the lm-eval evaluator."""
+"""secateurs plugin: transformers adapters, packaged transformers models, the lm-eval
+evaluator; all registered by reference, imported when first built."""
 
 from __future__ import annotations
 
 from secateurs.hookspecs import hookimpl
-from secateurs_transformers.bert import BertAdapter
-from secateurs_transformers.decoder import DecoderAdapter
-from secateurs_transformers.llama import LlamaFamilyAdapter
-from secateurs_transformers.lm_eval_evaluator import LmEval
-from secateurs_transformers.packaged import packaged_models
+from secateurs.references import lazy
+
+PACKAGED_MODELS = ("smollm2-135m", "minilm-l6")
+"""The names of ``secateurs_transformers.packaged.packaged_models()``."""
 
 
 @hookimpl
 def secateurs_register_adapters(register) -> None:
-    register("decoder", DecoderAdapter)
-    register("llama", LlamaFamilyAdapter)
-    register("bert", BertAdapter)
+    register("decoder", "secateurs_transformers.decoder:DecoderAdapter")
+    register("llama", "secateurs_transformers.llama:LlamaFamilyAdapter")
+    register("bert", "secateurs_transformers.bert:BertAdapter")
 
 
 @hookimpl
 def secateurs_register_evaluators(register) -> None:
-    register("lm-eval", LmEval)
+    register("lm-eval", "secateurs_transformers.lm_eval_evaluator:LmEval")
 
 
 @hookimpl
 def secateurs_register_models(register) -> None:
-    for packaged in packaged_models():
-        register(packaged.name, lambda p=packaged: p)
+    for name in PACKAGED_MODELS:
+        register(name, lazy("secateurs_transformers.packaged:packaged_model", name))

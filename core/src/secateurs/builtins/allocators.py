@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from secateurs.hookspecs import hookimpl
 from secateurs.masks import pruned_count
 from secateurs.protocols import SearchSession
 from secateurs.types import Allocation, Block, UnitAllocation
@@ -67,9 +66,3 @@ class GlobalAllocator:
 
     def allocate(self, block: Block, scores: Mapping[str, torch.Tensor] | None, target: float) -> Allocation:
         return {name: UnitAllocation(self._sparsity[name]) for name in target_names(block, scores)}
-
-
-@hookimpl
-def secateurs_register_allocators(register) -> None:
-    register("uniform", UniformAllocator)
-    register("global", GlobalAllocator)

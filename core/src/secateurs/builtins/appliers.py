@@ -10,7 +10,6 @@ import attrs
 import torch
 
 from secateurs.errors import SecateursError
-from secateurs.hookspecs import hookimpl
 from secateurs.masks import build_mask, keep_counts, matrix_topk, parse_nm, ranked_keep
 from secateurs.protocols import UNSTRUCTURED, BlockContext
 from secateurs.structured import zero_components
@@ -104,8 +103,3 @@ def zero_groups(block: Block, scores: Mapping[str, torch.Tensor], allocation: Al
         if group.name in masks:
             zero_components(group, masks[group.name])
     return masks
-
-
-@hookimpl
-def secateurs_register_appliers(register) -> None:
-    register("zero", ZeroApplier)

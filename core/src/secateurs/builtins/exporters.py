@@ -8,7 +8,6 @@ from pathlib import Path
 
 import attrs
 
-from secateurs.hookspecs import hookimpl
 from secateurs.protocols import LoadedModel
 from secateurs.provenance import gather
 from secateurs.types import PruneResult
@@ -36,9 +35,3 @@ class ReportExporter:
         report = result.to_dict() | {"provenance": provenance}
         path.write_text(json.dumps(report, indent=2, default=str))
         return [path]
-
-
-@hookimpl
-def secateurs_register_exporters(register) -> None:
-    register("safetensors", SafetensorsExporter)
-    register("report", ReportExporter)

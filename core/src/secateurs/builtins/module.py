@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from secateurs.errors import SecateursError
-from secateurs.hookspecs import hookimpl
 from secateurs.protocols import LoadedModel
 from secateurs.types import Block, Unit
 
@@ -123,8 +122,3 @@ class ModuleAdapter:
             + "\n"
         )
         return [weights, manifest]
-
-
-@hookimpl
-def secateurs_register_adapters(register) -> None:
-    register("module", ModuleAdapter)

@@ -20,7 +20,6 @@ import torch
 
 from secateurs.builtins.allocators import target_names
 from secateurs.errors import SecateursError
-from secateurs.hookspecs import hookimpl
 from secateurs.protocols import SearchSession
 from secateurs.types import Allocation, Block, UnitAllocation
 from secateurs.validators import non_negative, positive
@@ -85,8 +84,3 @@ class OWLAllocator:
             raise SecateursError(f"OWL has no ratio for block {block.name!r}: prepare() did not see it")
         sparsity = self._sparsity[block.name]
         return {name: UnitAllocation(sparsity) for name in target_names(block, scores)}
-
-
-@hookimpl
-def secateurs_register_allocators(register) -> None:
-    register("owl", OWLAllocator)

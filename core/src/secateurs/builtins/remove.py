@@ -18,7 +18,6 @@ import torch
 
 from secateurs.builtins.appliers import ZeroApplier, group_masks
 from secateurs.errors import SecateursError
-from secateurs.hookspecs import hookimpl
 from secateurs.protocols import UNSTRUCTURED, BlockContext, ResizingAdapter
 from secateurs.structured import remove_components
 from secateurs.types import Allocation, Block
@@ -54,8 +53,3 @@ class RemoveApplier:
             for group in groups:
                 ctx.loaded.adapter.resized(ctx.loaded.model, block, group, masks[group.name])
         return masks
-
-
-@hookimpl
-def secateurs_register_appliers(register) -> None:
-    register("remove", RemoveApplier)

@@ -7,7 +7,6 @@ from typing import ClassVar
 import attrs
 import torch
 
-from secateurs.hookspecs import hookimpl
 from secateurs.protocols import STAT_SQ_NORM, ScoreContext
 from secateurs.structured import component_view
 from secateurs.types import Group, Unit
@@ -65,10 +64,3 @@ class WandaScorer:
             return w.abs() * scale.view(*scale.shape, *[1] * (w.dim() - 2))
         shape = [1, -1] + [1] * (w.dim() - 2)  # input features on dim 1 (Linear and Conv)
         return w.abs() * scale.view(shape)
-
-
-@hookimpl
-def secateurs_register_scorers(register) -> None:
-    register("magnitude", MagnitudeScorer)
-    register("random", RandomScorer)
-    register("wanda", WandaScorer)

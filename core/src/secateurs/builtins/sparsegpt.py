@@ -28,7 +28,6 @@ import torch
 
 from secateurs.builtins.appliers import ZeroApplier
 from secateurs.errors import SecateursError
-from secateurs.hookspecs import hookimpl
 from secateurs.masks import nm_mask, parse_nm, pruned_count, rows_topk
 from secateurs.protocols import STAT_HESSIAN, UNSTRUCTURED, BlockContext
 from secateurs.types import Allocation, Block, Unit, UnitAllocation
@@ -259,8 +258,3 @@ class SparseGPTApplier:
                 unit.weight.data.copy_(new.to(unit.weight.dtype))
                 masks[unit.name] = keep
         return masks
-
-
-@hookimpl
-def secateurs_register_appliers(register) -> None:
-    register("sparsegpt", SparseGPTApplier)

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from secateurs.corpora import corpus_text
 from secateurs.errors import SecateursError
-from secateurs.hookspecs import hookimpl
 from secateurs.offload import execution_device
 from secateurs.protocols import LoadedModel
 from secateurs.validators import optional, positive_int
@@ -126,13 +125,3 @@ class Perplexity:
                 nll += float(loss)
                 count += window.numel() - 1
         return {"perplexity": math.exp(nll / count), "tokens": float(count), "windows": float(len(windows))}
-
-
-@hookimpl
-def secateurs_register_calibration_sources(register) -> None:
-    register("text", TextCalibration)
-
-
-@hookimpl
-def secateurs_register_evaluators(register) -> None:
-    register("perplexity", Perplexity)

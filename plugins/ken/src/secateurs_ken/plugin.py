@@ -1,38 +1,30 @@
 """secateurs entry point of secateurs-ken: scorers ``ken`` and ``delta-magnitude``, the
-``ken-k`` allocator, the ``restore`` and ``dare`` appliers, the ``ken-delta`` exporter
-and the ``secateurs ken-viz`` command."""
+``ken-k`` allocator, the ``restore`` and ``dare`` appliers and the ``ken-delta`` exporter,
+registered by reference (imported when first built). The ``secateurs ken-viz`` command is
+the entry point ``secateurs.commands``: ``secateurs_ken.cli:ken_viz_command``."""
 
 from __future__ import annotations
 
 from secateurs.hookspecs import hookimpl
-from secateurs_ken.delta import KenDeltaExporter
-from secateurs_ken.parts import DeltaMagnitudeScorer, KenKAllocator, KenScorer, RestoreApplier, dare_applier
 
 
 @hookimpl
 def secateurs_register_scorers(register) -> None:
-    register("ken", KenScorer)
-    register("delta-magnitude", DeltaMagnitudeScorer)
+    register("ken", "secateurs_ken.parts:KenScorer")
+    register("delta-magnitude", "secateurs_ken.parts:DeltaMagnitudeScorer")
 
 
 @hookimpl
 def secateurs_register_allocators(register) -> None:
-    register("ken-k", KenKAllocator)
+    register("ken-k", "secateurs_ken.parts:KenKAllocator")
 
 
 @hookimpl
 def secateurs_register_appliers(register) -> None:
-    register("restore", RestoreApplier)
-    register("dare", dare_applier)
+    register("restore", "secateurs_ken.parts:RestoreApplier")
+    register("dare", "secateurs_ken.parts:dare_applier")
 
 
 @hookimpl
 def secateurs_register_exporters(register) -> None:
-    register("ken-delta", KenDeltaExporter)
-
-
-@hookimpl
-def secateurs_register_commands(cli) -> None:
-    from secateurs_ken.cli import add_command
-
-    add_command(cli)
+    register("ken-delta", "secateurs_ken.delta:KenDeltaExporter")

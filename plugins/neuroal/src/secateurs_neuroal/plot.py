@@ -3,6 +3,9 @@
 Panels: alignment score of every candidate λ (block step, row step; the chosen λ
 marked); sparsity per block; and, per block, the spread of per-row sparsity (min, mean,
 max over the rows of every unit the row step changed).
+
+The command is declared in the entry-point group ``secateurs.commands``; this module
+imports matplotlib only when it draws.
 """
 
 from __future__ import annotations
@@ -90,18 +93,21 @@ def plot(record: dict[str, Any], output: Path) -> Path:
     return output
 
 
-def register(cli: click.Group) -> None:
-    """Add ``neuroal-plot`` to the ``secateurs`` command line."""
+EXAMPLE = """\b
+Example:
+  secateurs neuroal-plot out/smollm2-neuroal -o neuroal.png
+"""
 
-    @cli.command("neuroal-plot")
-    @click.argument("report", type=click.Path(exists=True, dir_okay=True))
-    @click.option("--output", "-o", type=click.Path(dir_okay=False), help="PNG to write (default: next to the report).")
-    @click.option("--overwrite", is_flag=True, help="Replace a PNG an earlier secateurs run wrote (never any other file).")
-    def neuroal_plot(report: str, output: str | None, overwrite: bool) -> None:
-        """Plot NeuroAL's λ search and sparsities from REPORT (report.json or its directory)."""
-        path = Path(report)
-        if path.is_dir():
-            path = path / "report.json"
-        target = check_output(output or path.with_name("neuroal.png"), reads=[("report", path)], overwrite=overwrite,
-                              kind="file")
-        click.echo(f"wrote {plot(load_records(path), target)}")
+
+@click.command("neuroal-plot", epilog=EXAMPLE)
+@click.argument("report", type=click.Path(exists=True, dir_okay=True))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="PNG to write (default: neuroal.png next to the report).")
+@click.option("--overwrite", is_flag=True, help="Replace a PNG an earlier secateurs run wrote (never any other file).")
+def neuroal_plot(report: str, output: str | None, overwrite: bool) -> None:
+    """Plot NeuroAL's λ search and sparsities from REPORT (report.json or its directory)."""
+    path = Path(report)
+    if path.is_dir():
+        path = path / "report.json"
+    target = check_output(output or path.with_name("neuroal.png"), reads=[("report", path)], overwrite=overwrite,
+                          kind="file")
+    click.echo(f"wrote {plot(load_records(path), target)}")

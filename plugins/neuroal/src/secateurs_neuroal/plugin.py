@@ -1,17 +1,12 @@
-"""secateurs plugin entry point: the ``neuroal`` allocator and the ``neuroal-plot`` command."""
+"""secateurs plugin entry point: the ``neuroal`` allocator, registered by reference
+(imported when first built). The ``neuroal-plot`` command is the entry point
+``secateurs.commands``: ``secateurs_neuroal.plot:neuroal_plot``."""
 
 from __future__ import annotations
 
 from secateurs.hookspecs import hookimpl
-from secateurs_neuroal import plot
-from secateurs_neuroal.allocator import NeuroALAllocator
 
 
 @hookimpl
 def secateurs_register_allocators(register) -> None:
-    register("neuroal", NeuroALAllocator)
-
-
-@hookimpl
-def secateurs_register_commands(cli) -> None:
-    plot.register(cli)
+    register("neuroal", "secateurs_neuroal.allocator:NeuroALAllocator")
