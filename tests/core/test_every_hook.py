@@ -26,8 +26,8 @@ from secateurs.builtins.remove import RemoveApplier
 from secateurs.builtins.scorers import MagnitudeScorer
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.testing import GaussianBatches, tiny_model
-from secateurs.types import Block, Group, UnitAllocation
-from toy_plugin import InputWeighted, MLPStack, MLPStackAdapter, Ramp, ToyPlugin, ZeroAndCount
+from secateurs.types import Block, Group, ModelFacts, RunPlan, UnitAllocation
+from toy_plugin import GaussianInputs, InputWeighted, MLPStack, MLPStackAdapter, Ramp, ToyPlugin, ZeroAndCount
 
 
 @pytest.fixture
@@ -100,6 +100,10 @@ class ExplainingMLPAdapter(MLPStackAdapter):
     """The toy adapter with every optional adapter member; it loads nothing."""
 
     name: str = "mlp-explaining"
+    group_kinds: ClassVar[tuple[str, ...]] = ("neurons",)
+
+    def describe(self, path: Path) -> ModelFacts | None:
+        return ModelFacts(str(path), max_positions=8)
     generic: ClassVar[bool] = False
 
     def load(self, path: Path, *, device: str, dtype: torch.dtype | None) -> LoadedModel | None:
@@ -143,7 +147,28 @@ class CheckingZero(ZeroAndCount):
             raise SecateursError(f"checking-zero prunes entries, not {granularity}")
 
 
-OPTIONAL_PARTS = (ExplainingMLPAdapter(), RecordingScorer(), CheckingZero(), Ramp(), RemoveApplier(), ZeroApplier())
+@attrs.define
+class CheckingRamp(Ramp):
+    """The toy allocator with ``check``: refuses targets above 0.6 before any work."""
+
+    def check(self, plan: RunPlan) -> None:
+        if plan.sparsity > 0.6:
+            raise SecateursError(f"checking-ramp serves targets up to 0.6, not {plan.sparsity}")
+
+
+@attrs.frozen
+class CheckingGaussian(GaussianInputs):
+    """The toy calibration source with ``check_model``: no more samples than positions."""
+
+    def check_model(self, facts: ModelFacts) -> None:
+        if self.nsamples > facts.max_positions:
+            raise SecateursError(f"nsamples {self.nsamples} exceeds {facts.source}'s {facts.max_positions} positions")
+
+
+OPTIONAL_PARTS = (
+    ExplainingMLPAdapter(), RecordingScorer(), CheckingZero(), Ramp(), RemoveApplier(), ZeroApplier(),
+    CheckingRamp(), CheckingGaussian(),
+)
 
 
 @attrs.define
@@ -254,6 +279,14 @@ class OptionalMembersPlugin:
     def secateurs_register_appliers(self, register):
         register("checking-zero", CheckingZero)
 
+    @hookimpl
+    def secateurs_register_allocators(self, register):
+        register("checking-ramp", CheckingRamp)
+
+    @hookimpl
+    def secateurs_register_calibration_sources(self, register):
+        register("checking-gaussian", CheckingGaussian)
+
 
 @pytest.fixture
 def optional_manager(manager):
@@ -289,6 +322,25 @@ def test_scorer_and_allocator_records_reach_the_report(optional_manager, tmp_pat
 def test_an_applier_check_refuses_before_any_work(optional_manager, tmp_path):
     with pytest.raises(SecateursError, match="checking-zero prunes entries, not neurons"):
         secateurs.prune(_recipe(tmp_path, granularity="neurons"), manager=optional_manager, progress=False)
+
+
+@pytest.mark.parametrize(
+    "changes,needle",
+    [
+        ({"granularity": "filters"}, r"unknown granularity 'filters'; the 'mlp-explaining' adapter defines: neurons, unstructured"),
+        ({"allocator": "checking-ramp", "sparsity": 0.7}, "checking-ramp serves targets up to 0.6, not 0.7"),
+        ({"calibration": {"name": "checking-gaussian", "nsamples": 16}}, "nsamples 16 exceeds .*'s 8 positions"),
+        ({"calibration": None}, "this scorer or applier needs calibration data"),
+    ],
+)
+def test_checks_that_need_no_weight_run_before_the_model_loads(optional_manager, tmp_path, monkeypatch, changes, needle):
+    """A ``GroupingAdapter``'s kinds, a ``CheckingAllocator``, a ``ModelChecking`` source given the
+    ``DescribingAdapter``'s facts, and the calibration a scorer needs: refused before ``load``."""
+    monkeypatch.setattr("secateurs.run.load_for", lambda *a, **k: pytest.fail("the model was loaded"))
+    recipe = _recipe(tmp_path, adapter="mlp-explaining", **changes)
+    with pytest.raises(SecateursError, match=needle):
+        secateurs.prune({k: v for k, v in recipe.items() if v is not None}, manager=optional_manager, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_structured_refusal_says_why(optional_manager, tmp_path):

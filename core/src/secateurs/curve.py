@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +41,10 @@ def parse_rates(text: str) -> tuple[float, ...]:
     try:
         if ":" in text:
             lo, hi, step = (float(v) for v in text.split(":"))
+            if not (step > 0 and lo <= hi and math.isfinite(hi)):
+                raise SecateursError(
+                    f"--rates {text!r}: START:STOP:STEP needs START <= STOP and a STEP > 0 (e.g. 0:50:10)"
+                )
             n = int(round((hi - lo) / step)) + 1
             values = [lo + i * step for i in range(n)]
         else:
@@ -131,7 +136,7 @@ def curve_setup(
     ``[evaluate]`` part (e.g. a held-out subset)."""
     manager = manager or get_manager()
     recipe = as_recipe(recipe)
-    parts = build_parts(recipe, manager, progress=False)
+    parts = build_parts(recipe, manager, progress=False, calibration=calibration)
     evaluator = evaluator if evaluator is not None else parts.evaluator
     if evaluator is None:
         raise SecateursError("a pruning curve needs an evaluator: add an [evaluate] table to the recipe")

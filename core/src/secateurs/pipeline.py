@@ -50,8 +50,8 @@ from secateurs.masks import keep_counts, row_ranks
 from secateurs.offload import materialized
 from secateurs.stats import StatsComplete, collect_stats
 from secateurs.structured import entry_layout, removed_entries
-from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, Unit, UnitReport
-from secateurs.validators import check_sparsity
+from secateurs.preflight import check_plan
+from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, RunPlan, Unit, UnitReport
 
 @attrs.define(eq=False)
 class PruneSpec:
@@ -409,15 +409,14 @@ class Session:
             yield block, scores
 
 
-def _open_session(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None) -> Session:
-    """A session ready to walk the blocks: the run checked (sparsity, parts, granularity,
-    hookable units), a preparing scorer prepared and block 0's calibration inputs captured."""
-    check_sparsity(spec.sparsity)
-    if spec.scorer.selects and spec.allocator.needs_scores:
-        raise SecateursError(
-            "this scorer selects entries given each row's keep count, so it needs an allocator "
-            "that works without scores (e.g. 'uniform')"
-        )
+def check_spec(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None = None) -> list[Block]:
+    """Check the run before any work on the model (sparsity, parts, granularity, hookable
+    units: ``SecateursError`` naming what is wrong); return the blocks it prunes
+    (``blocks``, else the recipe's targets, else the adapter's blocks)."""
+    check_plan(
+        RunPlan(spec.sparsity, spec.granularity, spec.scorer, spec.applier, calibrated=bool(spec.calibration)),
+        spec.allocator,
+    )
     model = loaded.model
     if blocks is None:
         blocks = (
@@ -429,9 +428,8 @@ def _open_session(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | No
         _check_hookable(blocks)
     if isinstance(spec.applier, CheckingApplier):
         spec.applier.check(blocks, spec.granularity)
-    session = Session(loaded, spec, blocks)
     if spec.granularity != UNSTRUCTURED:
-        if not _all_targets(session):
+        if not [t for block in blocks for t in block.targets(spec.granularity)]:
             adapter = loaded.adapter
             refuses = isinstance(adapter, StructuredRefusing)
             reason = adapter.structured_refusal(model, spec.granularity) if refuses else None
@@ -442,14 +440,19 @@ def _open_session(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | No
             )
         if not isinstance(spec.scorer, StructuredScorer):
             raise SecateursError(f"this scorer cannot score structured {spec.granularity!r} groups")
+    return blocks
+
+
+def _open_session(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None) -> Session:
+    """A session ready to walk the blocks: the run checked (``check_spec``), a preparing
+    scorer prepared and block 0's calibration inputs captured."""
+    session = Session(loaded, spec, check_spec(loaded, spec, blocks))
     if isinstance(spec.scorer, PreparingScorer):  # whole-model scorers: once, before any pruning
         with session.timed("score"):
             spec.scorer.prepare(loaded, spec.calibration)
-    if not session.data_free:
-        if not spec.calibration:
-            raise SecateursError("this scorer or applier needs calibration data; the recipe gives none")
+    if not session.data_free:  # check_spec refused a run that needs calibration without it
         with session.timed("capture"):
-            session.inputs = capture(loaded, blocks, spec.calibration)
+            session.inputs = capture(loaded, session.blocks, spec.calibration)
     return session
 
 

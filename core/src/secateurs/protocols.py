@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from secateurs.block_inputs import Inputs
-from secateurs.types import UNSTRUCTURED, Allocation, Block, Group, InputStats, PruneResult, Unit
+from secateurs.types import UNSTRUCTURED, Allocation, Block, Group, InputStats, ModelFacts, PruneResult, RunPlan, Unit
 
 STAT_SQ_NORM = "sq_norm"
 STAT_HESSIAN = "hessian"
@@ -99,8 +99,9 @@ class Adapter(Protocol):
 
     Optional members: ``ResizingAdapter`` (``resized``), ``ExplainingAdapter``
     (``explain``), ``ExplainingLoader`` (``explain_load``), ``BudgetLoader``
-    (``load_within``), ``StructuredRefusing``
-    (``structured_refusal``) and ``GenericAdapter`` (``generic``).
+    (``load_within``), ``StructuredRefusing`` (``structured_refusal``), ``GenericAdapter``
+    (``generic``), ``DescribingAdapter`` (``describe``) and ``GroupingAdapter``
+    (``group_kinds``).
     """
 
     name: str
@@ -346,6 +347,25 @@ class GenericAdapter(Protocol):
 
 
 @runtime_checkable
+class DescribingAdapter(Protocol):
+    """An adapter that reads what a model is from its config files alone:
+    ``describe(path)`` returns the ``ModelFacts`` of a model it loads (``None``: not its
+    format). Runs check the recipe against them before any weight is read (a ``seqlen``
+    past the model's positions)."""
+
+    def describe(self, path: Path) -> ModelFacts | None: ...
+
+
+@runtime_checkable
+class GroupingAdapter(Protocol):
+    """An adapter that declares the structured group kinds its blocks may have
+    (``group_kinds``: ``("heads", "neurons")``...), so that a recipe's unknown
+    ``granularity`` is refused before any weight is read."""
+
+    group_kinds: tuple[str, ...]
+
+
+@runtime_checkable
 class StructuredScorer(Protocol):
     """A scorer that supports structured pruning: ``score_group(group, ctx)`` returns one
     score per component (``Tensor[group.size]``, higher = more worth keeping). A
@@ -369,6 +389,24 @@ class CheckingApplier(Protocol):
     raises ``SecateursError`` when it cannot prune ``blocks`` at ``granularity``."""
 
     def check(self, blocks: Sequence[Block], granularity: str) -> None: ...
+
+
+@runtime_checkable
+class CheckingAllocator(Protocol):
+    """An allocator that refuses a run it cannot serve before any work: ``check(plan)``
+    (a ``RunPlan``: target, granularity, scorer, applier, whether calibrated) raises
+    ``SecateursError``. Runs call it before the model is loaded."""
+
+    def check(self, plan: RunPlan) -> None: ...
+
+
+@runtime_checkable
+class ModelChecking(Protocol):
+    """A calibration source or evaluator that checks its parameters against the model
+    before any weight is read: ``check_model(facts)`` raises ``SecateursError`` (a
+    ``seqlen`` past ``facts.max_positions``)."""
+
+    def check_model(self, facts: ModelFacts) -> None: ...
 
 
 @runtime_checkable
@@ -407,10 +445,21 @@ class Recording(Protocol):
 
 
 OPTIONAL: dict[type, tuple[type, ...]] = {
-    Adapter: (ResizingAdapter, ExplainingAdapter, ExplainingLoader, BudgetLoader, StructuredRefusing, GenericAdapter),
+    Adapter: (
+        ResizingAdapter,
+        ExplainingAdapter,
+        ExplainingLoader,
+        BudgetLoader,
+        StructuredRefusing,
+        GenericAdapter,
+        DescribingAdapter,
+        GroupingAdapter,
+    ),
     Scorer: (StructuredScorer, PreparingScorer, Recording),
-    Allocator: (Recording,),
+    Allocator: (CheckingAllocator, Recording),
     Applier: (CheckingApplier, ResizingApplier, RankingApplier),
+    CalibrationSource: (ModelChecking,),
+    Evaluator: (ModelChecking,),
 }
 """Base protocol → the protocols of the optional members a part of that kind may implement."""
 

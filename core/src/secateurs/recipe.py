@@ -103,6 +103,16 @@ def _sparsity(_inst, _attr, value: Any) -> None:
         raise SecateursError(f"recipe key 'sparsity': {exc}") from None
 
 
+_SEED_RANGE = (-(2**63), 2**64 - 1)
+"""What ``torch.manual_seed`` takes."""
+
+
+def _seed(_inst, _attr, value: Any) -> None:
+    lo, hi = _SEED_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise SecateursError(f"recipe key 'seed' must be a whole number (e.g. seed = 0), got {value!r}")
+
+
 @attrs.frozen
 class Recipe:
     """A validated pruning run. ``Recipe.from_dict`` / ``load_recipe`` build one."""
@@ -125,7 +135,7 @@ class Recipe:
     adapter: str | None = None
     device: str = "cpu"
     dtype: str = "auto"  # the model's own dtype in memory and on disk; "float32" upcasts
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=_seed)
     max_memory: int | str | dict[str, int | str] | None = None  # offload: budget ("2GiB" or {device = size})
     offload_folder: str | None = None  # offload: where blocks that do not fit go (default: temp dir)
 
@@ -218,7 +228,14 @@ def load_recipe(path: str | Path) -> Recipe:
     if not file.is_file():
         raise SecateursError(f"recipe file {file} does not exist")
     try:
-        data = tomllib.loads(file.read_text())
+        data = tomllib.loads(file.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise SecateursError(f"recipe {file} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SecateursError(
+            f"recipe {file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8, as TOML requires"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise SecateursError(f"recipe {file} is not valid TOML: {exc}") from None
     return Recipe.from_dict(data)

@@ -23,7 +23,8 @@ from secateurs.errors import SecateursError
 from secateurs.loading import load, wrap
 from secateurs.offload import Budget, LazyState, dispatch
 from secateurs.outputs import Reads, atomic_output_dir, check_output
-from secateurs.pipeline import PruneSpec, prune_model
+from secateurs.pipeline import PruneSpec, check_spec, prune_model
+from secateurs.preflight import check_against_model, check_batches, preflight
 from secateurs.plugins import PluginManager, Registry, get_manager
 from secateurs.protocols import LoadedModel
 from secateurs.recipe import Part, Recipe, load_recipe
@@ -55,10 +56,18 @@ class RunParts:
     evaluator: Any
 
 
-def build_parts(recipe: Recipe, manager: PluginManager | None = None, *, progress: bool = True) -> RunParts:
-    """Create every part the recipe names and check its device, so unknown names, bad
-    parameters and a missing device fail before any model is loaded. Every command that
-    runs a recipe starts here."""
+def build_parts(
+    recipe: Recipe,
+    manager: PluginManager | None = None,
+    *,
+    progress: bool = True,
+    calibration: Sequence[Any] | None = None,
+) -> RunParts:
+    """Create every part the recipe names, check its device and make every check that needs
+    no weight (``secateurs.preflight``: granularity, what the allocator can serve, a
+    ``seqlen`` past the model's positions, the ``calibration`` batches given in Python
+    instead of the recipe's source), so bad input fails before any model is loaded.
+    Every command that runs a recipe starts here."""
     manager = manager or get_manager()
     parts = RunParts(
         calibration=create_part(manager.calibration_sources, recipe.calibration, seed=recipe.seed),
@@ -69,6 +78,9 @@ def build_parts(recipe: Recipe, manager: PluginManager | None = None, *, progres
         exporters=[create_part(manager.exporters, p) for p in recipe.exporters],
     )
     check_device(recipe.device)
+    if calibration is not None:
+        check_batches(calibration)
+    preflight(recipe, parts, manager, calibrated=True if calibration is not None else None)
     return parts
 
 
@@ -209,7 +221,7 @@ def prune(
         reads = [*reads, ("recipe", recipe)]
     recipe = as_recipe(recipe)
     _require_model(recipe, model)
-    parts = build_parts(recipe, manager, progress=progress)
+    parts = build_parts(recipe, manager, progress=progress, calibration=calibration)
     reads = [*recipe.read_paths(), *reads]
     if recipe.output is not None:
         check_output(recipe.output, reads=reads, overwrite=overwrite)
@@ -217,8 +229,9 @@ def prune(
     started = time.perf_counter()
     loaded = load_for(recipe, manager, model=model)
     load_seconds = time.perf_counter() - started
-    before = parts.evaluator.evaluate(loaded) if parts.evaluator else None
     spec = spec_for(recipe, parts, loaded, calibration=calibration, progress=progress, manager=manager)
+    check_spec(loaded, spec)  # what needs the model, before minutes of evaluating it
+    before = parts.evaluator.evaluate(loaded) if parts.evaluator else None
     result = prune_model(loaded, spec)
     result.timings["load"] = load_seconds
     result.recipe = recipe.to_dict()
@@ -247,4 +260,5 @@ def evaluate(
     manager = manager or get_manager()
     part = Part(evaluator, params) if isinstance(evaluator, str) else evaluator
     ev = manager.evaluators.create(part.name, **part.params)
+    check_against_model(str(model), [ev], manager)
     return ev.evaluate(load(model, device=device, dtype=dtype, manager=manager))

@@ -176,6 +176,30 @@ class InputStats:
 
 
 @attrs.frozen
+class ModelFacts:
+    """What a model's own files say before any weight is read (``DescribingAdapter.describe``):
+    ``source`` names the model in messages; ``max_positions`` is its maximum sequence length
+    (``None``: it records none)."""
+
+    source: str
+    max_positions: int | None = None
+
+
+@attrs.frozen(eq=False)
+class RunPlan:
+    """A run as its recipe describes it, before the model is loaded: the target
+    ``sparsity``, the ``granularity``, the scorer and applier built, and whether calibration
+    batches will be given (``calibrated``). Checks that need nothing more
+    (``CheckingAllocator.check``) run on it before any weight is read."""
+
+    sparsity: float
+    granularity: str
+    scorer: Any
+    applier: Any
+    calibrated: bool
+
+
+@attrs.frozen
 class UnitAllocation:
     """Target sparsity of one unit: ``sparsity`` for the whole unit, or, when ``rows`` is
     given, one ratio per row (their mean is ``sparsity``)."""

@@ -95,6 +95,8 @@ class TimmAdapter:
     name: str = ""
     model_class: type[nn.Module] = nn.Module
     families: tuple[str, ...] = ()
+    group_kinds: tuple[str, ...] = ()
+    """The structured group kinds its blocks may have (``GroupingAdapter``)."""
 
     def supports(self, model: nn.Module) -> bool:
         return isinstance(model, self.model_class)

@@ -44,6 +44,7 @@ class ResNetLayout(TimmAdapter):
 
     block_types: tuple[type[nn.Module], ...] = ()
     stem: tuple[str, ...] = ()
+    group_kinds = ("channels",)
     """The attribute names of the stem's modules in order (convolution, norm, activation, pooling)."""
 
     def head(self, model: nn.Module) -> list[nn.Module]:

@@ -50,6 +50,7 @@ def neuron_group(names: dict[nn.Module, str], mlp: Mlp) -> Group:
 class ViTAdapter(TimmAdapter):
     name = "vit"
     model_class = VisionTransformer
+    group_kinds = ("heads", "neurons")
     families = ("timm.models.vision_transformer",)
 
     def supports(self, model: nn.Module) -> bool:

@@ -86,6 +86,7 @@ def _plain(block: nn.Module) -> bool:
 class TorchvisionViTAdapter(_Torchvision, TimmAdapter):
     name = "torchvision-vit"
     model_class = tv_vit.VisionTransformer
+    group_kinds = ("heads", "neurons")
     families = ("torchvision.models.vision_transformer",)
 
     def supports(self, model: nn.Module) -> bool:

@@ -31,6 +31,8 @@ def _norm(run: list[nn.Module]) -> nn.Module | None:
 class VGGLayout(TimmAdapter):
     """Base of the VGG adapters: subclasses set ``model_class`` and ``classifier``."""
 
+    group_kinds = ("channels",)
+
     def classifier(self, model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
         """The head block's modules in order, and its prunable layers in data-flow order
         (each one's outputs feed the next; the first takes the last conv's channels)."""

@@ -17,7 +17,7 @@ plain ``from_pretrained``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -25,11 +25,12 @@ from torch import nn
 
 from secateurs.offload import Budget
 from secateurs.protocols import LoadedModel
-from secateurs.types import Block, Group, ParamSlice, Unit
+from secateurs.types import Block, Group, ModelFacts, ParamSlice, Unit
 from secateurs_transformers.common import (
     HEADS,
     find_layers,
     first_output,
+    folder_facts,
     load_folder,
     meta_model,
     model_device,
@@ -108,11 +109,21 @@ def _auto_class(architectures: list[str]) -> Any | None:
     return None
 
 
+def _loads_config(config: dict[str, Any]) -> bool:
+    """Whether the adapter loads a folder with this ``config.json``."""
+    return config.get("model_type") in MODEL_TYPES and _auto_class(config.get("architectures") or []) is not None
+
+
 @attrs.frozen
 class BertAdapter:
     """Adapter for BERT-layout encoders (see module docstring)."""
 
     name: str = "bert"
+    group_kinds: ClassVar[tuple[str, ...]] = ("heads", "neurons")
+
+    def describe(self, path: Path) -> ModelFacts | None:
+        """The facts of a BERT folder from its config (``DescribingAdapter``)."""
+        return folder_facts(path, _loads_config)
 
     def explain(self, model: nn.Module) -> str | None:
         """Why this adapter does not support ``model`` (``None``: it does)."""
@@ -162,11 +173,9 @@ class BertAdapter:
     ) -> LoadedModel | None:
         """``load``, within ``budget`` when one is given (``BudgetLoader``, ``load_folder``)."""
         config = read_config(path)
-        if config is None or config.get("model_type") not in MODEL_TYPES:
+        if config is None or not _loads_config(config):
             return None
         auto_class = _auto_class(config.get("architectures") or [])
-        if auto_class is None:
-            return None
         return load_folder(self, path, config, auto_class, device=device, dtype=dtype, budget=budget)
 
     def explain_load(self, path: Path) -> str | None:

@@ -56,7 +56,7 @@ import inspect
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -66,9 +66,10 @@ from torch.nn import functional as F
 from secateurs.errors import SecateursError
 from secateurs.offload import Budget
 from secateurs.protocols import LoadedModel
-from secateurs.types import Block, Group, ParamSlice, Unit
+from secateurs.types import Block, Group, ModelFacts, ParamSlice, Unit
 from secateurs_transformers.common import (
     first_output,
+    folder_facts,
     load_folder,
     meta_model,
     model_device,
@@ -366,6 +367,11 @@ class DecoderAdapter:
     """Adapter for transformers causal LMs (see module docstring)."""
 
     name: str = "decoder"
+    group_kinds: ClassVar[tuple[str, ...]] = ("heads", "neurons")
+
+    def describe(self, path: Path) -> ModelFacts | None:
+        """The facts of a causal-LM folder from its config (``DescribingAdapter``)."""
+        return folder_facts(path, _causal_architecture)
 
     def explain(self, model: nn.Module) -> str | None:
         """Why this adapter does not support ``model`` (``None``: it does)."""

@@ -64,6 +64,7 @@ class ModuleAdapter:
 
     name: str = "module"
     generic: ClassVar[bool] = True
+    group_kinds: ClassVar[tuple[str, ...]] = ()
 
     def supports(self, model: nn.Module) -> bool:
         return isinstance(model, nn.Module) and bool(prunable_units(model))

@@ -21,7 +21,7 @@ import torch
 from secateurs.builtins.allocators import target_names
 from secateurs.errors import SecateursError
 from secateurs.protocols import SearchSession
-from secateurs.types import Allocation, Block, UnitAllocation
+from secateurs.types import Allocation, Block, RunPlan, UnitAllocation
 from secateurs.validators import non_negative, positive
 
 
@@ -62,6 +62,15 @@ class OWLAllocator:
     needs_scores: ClassVar[bool] = True
     records: dict[str, Any] = attrs.field(factory=dict, init=False)
     _sparsity: dict[str, float] = attrs.field(factory=dict, init=False)
+
+    def check(self, plan: RunPlan) -> None:
+        """Refuse a ``lam`` no model can serve (``CheckingAllocator``): OWL spreads block
+        sparsities over exactly ``2·lam``, which must fit inside [0, 1)."""
+        if 2 * self.lam >= 1:
+            raise SecateursError(
+                f"allocator 'owl': lam = {self.lam} spreads block sparsities over 2·lam = {2 * self.lam:g}, "
+                "which cannot fit in [0, 1); use lam < 0.5 (the paper's default is 0.08)"
+            )
 
     def prepare(self, session: SearchSession, target: float) -> None:
         names, ratios = [], []

@@ -19,6 +19,7 @@ from secateurs.corpora import corpus_text
 from secateurs.errors import SecateursError
 from secateurs.offload import execution_device
 from secateurs.protocols import LoadedModel
+from secateurs.types import ModelFacts
 from secateurs.validators import optional, positive_int
 
 _CHARS_PER_TOKEN_GUESS = 3
@@ -29,21 +30,27 @@ def _seqlen_field(_inst, attribute, value) -> None:
         raise ValueError(f"{attribute.name} must be a positive number of tokens or \"max\", got {value!r}")
 
 
-def window_length(seqlen: int | str, loaded: LoadedModel, what: str) -> int:
-    """``seqlen`` checked against the model's maximum positions (``config.max_position_embeddings``,
+def window_length(seqlen: int | str, facts: ModelFacts, what: str) -> int:
+    """``seqlen`` checked against the model's maximum positions (``facts.max_positions``,
     when it has one); ``"max"`` is that maximum. Longer windows are refused: past it a model
     crashes (BERT) or runs beyond its trained range (LLaMA)."""
-    limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    limit = facts.max_positions
     if seqlen == "max":
         if limit is None:
-            raise SecateursError(f"{what} seqlen = \"max\": {loaded.source} records no maximum positions; give a number")
+            raise SecateursError(f"{what} seqlen = \"max\": {facts.source} records no maximum positions; give a number")
         return int(limit)
     if limit is not None and seqlen > limit:
         raise SecateursError(
-            f"{what} seqlen {seqlen} exceeds the maximum positions of {loaded.source} ({limit}); "
+            f"{what} seqlen {seqlen} exceeds the maximum positions of {facts.source} ({limit}); "
             f"use seqlen <= {limit} (or seqlen = \"max\")"
         )
     return int(seqlen)
+
+
+def loaded_facts(loaded: LoadedModel) -> ModelFacts:
+    """The facts of a loaded model: its config's ``max_position_embeddings``, when it has one."""
+    limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    return ModelFacts(loaded.source, limit)
 
 
 def _tokenizer(loaded: LoadedModel):
@@ -67,8 +74,11 @@ class TextCalibration:
     seed: int = 0
     batch_size: int = attrs.field(default=1, validator=positive_int)
 
+    def check_model(self, facts: ModelFacts) -> None:
+        window_length(self.seqlen, facts, "calibration")
+
     def batches(self, loaded: LoadedModel) -> list[Any]:
-        seqlen = window_length(self.seqlen, loaded, "calibration")
+        seqlen = window_length(self.seqlen, loaded_facts(loaded), "calibration")
         tokenizer = _tokenizer(loaded)
         text = corpus_text(self.corpus)
         rng = random.Random(self.seed)
@@ -100,8 +110,11 @@ class Perplexity:
     max_windows: int | None = attrs.field(default=None, validator=optional(positive_int))
     progress: bool = True
 
+    def check_model(self, facts: ModelFacts) -> None:
+        window_length(self.seqlen, facts, "evaluation")
+
     def windows(self, loaded: LoadedModel) -> torch.Tensor:
-        seqlen = window_length(self.seqlen, loaded, "evaluation")
+        seqlen = window_length(self.seqlen, loaded_facts(loaded), "evaluation")
         text = corpus_text(self.corpus)
         if self.max_windows is not None:  # tokenize only what is needed
             text = text[: self.max_windows * seqlen * _CHARS_PER_TOKEN_GUESS * 3]

@@ -16,7 +16,7 @@ import torch
 from secateurs.errors import SecateursError
 from secateurs.masks import build_mask
 from secateurs.protocols import NEEDS_REFERENCE, BlockContext, ScoreContext
-from secateurs.types import Allocation, Block, Unit, UnitAllocation
+from secateurs.types import Allocation, Block, RunPlan, Unit, UnitAllocation
 from secateurs_ken.select import ken_select
 from secateurs_ken.states import as_rows
 
@@ -130,6 +130,10 @@ class KenKAllocator:
         if reduction is not None:
             self._solved_k = solve_k(widths, reduction)
             self.records["ken_k"] = self._solved_k
+
+    def check(self, plan: RunPlan) -> None:
+        """Refuse a recipe sparsity that contradicts the counts given (``CheckingAllocator``)."""
+        self.target_reduction(plan.sparsity)
 
     def prepare(self, session, target: float) -> None:
         self.solve([(u.rows, u.row_width) for b in session.blocks for u in b.units], target)

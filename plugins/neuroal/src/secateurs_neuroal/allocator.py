@@ -34,7 +34,7 @@ import attrs
 import torch
 from secateurs.errors import SecateursError
 from secateurs.protocols import STAT_HESSIAN, UNSTRUCTURED, SearchSession
-from secateurs.types import Allocation, Block, Unit, UnitAllocation
+from secateurs.types import Allocation, Block, RunPlan, Unit, UnitAllocation
 from secateurs.validators import optional, positive_int
 
 from secateurs_neuroal.batches import search_batches
@@ -104,8 +104,9 @@ class NeuroALAllocator:
     # -- the protocol ------------------------------------------------------------------
     def prepare(self, session: SearchSession, target: float) -> None:
         started = time.perf_counter()
-        self._check(session)
-        run_rows, skipped = self._row_step_applies(session)
+        plan = RunPlan(target, session.granularity, session.scorer, session.applier, bool(session.calibration))
+        self.check(plan)
+        run_rows, skipped = self._row_step_applies(plan)
         batches, taken = search_batches(session.calibration, self.search_samples, self.search_seqlen)
         search = Search(session, session.capture(batches), max_streams=self.max_streams)
 
@@ -155,19 +156,23 @@ class NeuroALAllocator:
         return self._plan(block)
 
     # -- what applies --------------------------------------------------------------------
-    def _check(self, session: SearchSession) -> None:
-        if session.granularity != UNSTRUCTURED:
+    def check(self, plan: RunPlan) -> None:
+        """Refuse, before any work, a run NeuroAL cannot serve (``CheckingAllocator``):
+        structured granularity, no calibration data, ``row_step = true`` where rows cannot
+        be allocated."""
+        if plan.granularity != UNSTRUCTURED:
             raise SecateursError(
-                f"neuroal allocates unstructured sparsity; granularity {session.granularity!r} is not supported"
+                f"neuroal allocates unstructured sparsity; granularity {plan.granularity!r} is not supported"
             )
-        if not session.calibration:
+        if not plan.calibrated:
             raise SecateursError(
                 "neuroal measures activations on calibration data, even for data-free scorers; "
                 "add a [calibration] table to the recipe"
             )
+        self._row_step_applies(plan)
 
-    def _row_step_applies(self, session: SearchSession) -> tuple[bool, str]:
-        applier, scorer = session.applier, session.scorer
+    def _row_step_applies(self, plan: RunPlan) -> tuple[bool, str]:
+        applier, scorer = plan.applier, plan.scorer
         reason = ""
         if not applier.row_ratios:
             reason = f"the applier {type(applier).__name__} does not honour per-row ratios"

@@ -1,0 +1,137 @@
+"""Checks a run makes before any weight is read: from the recipe, the parts it names and the
+model's own config files.
+
+``preflight(recipe, parts)`` runs them all; every command that runs a recipe calls it right
+after building the parts (``secateurs.run.build_parts``), so a bad ``granularity``, an
+allocator that cannot serve the run, or a ``seqlen`` past the model's positions is one line
+before the model is loaded, not after minutes of loading and evaluating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from secateurs.errors import SecateursError
+from secateurs.plugins import PluginManager
+from secateurs.protocols import (
+    STAT_HESSIAN,
+    STAT_SQ_NORM,
+    CheckingAllocator,
+    DescribingAdapter,
+    GroupingAdapter,
+    ModelChecking,
+)
+from secateurs.types import UNSTRUCTURED, ModelFacts, RunPlan
+from secateurs.validators import check_sparsity
+
+
+def check_plan(plan: RunPlan, allocator: Any) -> None:
+    """What a run's parts say of each other and of the target, before any model exists:
+    the sparsity, a selecting scorer with an allocator that needs scores, calibration for
+    the statistics the scorer or applier needs, and the allocator's own ``check``
+    (``CheckingAllocator``)."""
+    check_sparsity(plan.sparsity)
+    if plan.scorer.selects and allocator.needs_scores:
+        raise SecateursError(
+            "this scorer selects entries given each row's keep count, so it needs an allocator "
+            "that works without scores (e.g. 'uniform')"
+        )
+    if not plan.calibrated and (set(plan.scorer.requires) | set(plan.applier.requires)) & {STAT_SQ_NORM, STAT_HESSIAN}:
+        raise SecateursError("this scorer or applier needs calibration data; the recipe gives none")
+    if isinstance(allocator, CheckingAllocator):
+        allocator.check(plan)
+
+
+def check_granularity(granularity: str, manager: PluginManager, adapter: str | None = None) -> None:
+    """Refuse a ``granularity`` that no adapter that may prune the model defines: the named
+    ``adapter``, else every installed one. Adapters that do not declare their group kinds
+    (``GroupingAdapter``) may define any, so then nothing is refused here."""
+    if granularity == UNSTRUCTURED:
+        return
+    names = [adapter] if adapter is not None else manager.adapters.names()
+    declared: set[str] = set()
+    for name in names:
+        part = manager.adapters.create(name)
+        if not isinstance(part, GroupingAdapter):
+            return
+        declared.update(part.group_kinds)
+    if granularity not in declared:
+        where = f"the {adapter!r} adapter defines" if adapter else "the installed adapters define"
+        kinds = ", ".join(sorted({UNSTRUCTURED, *declared}))
+        raise SecateursError(f"unknown granularity {granularity!r}; {where}: {kinds}")
+
+
+def model_facts(source: str | None, manager: PluginManager, adapter: str | None = None) -> ModelFacts | None:
+    """What ``source`` (a folder, file or packaged model name; ``None``: a model given in
+    memory) is, read from its config files by the adapters that can (``DescribingAdapter``);
+    ``None`` when none can. Reads no weight."""
+    if source is None:
+        return None
+    from secateurs.loading import resolve_source
+
+    path = Path(str(source)).expanduser()
+    if not path.exists() and str(source) not in manager.models:
+        return None  # a factory "file.py:name", or a missing model ``load`` reports
+    path = resolve_source(source, manager)
+    for name in [adapter] if adapter is not None else manager.adapters.names():
+        part = manager.adapters.create(name)
+        facts = part.describe(path) if isinstance(part, DescribingAdapter) else None
+        if facts is not None:
+            return attrs.evolve(facts, source=str(source))  # named as the user gave it
+    return None
+
+
+def check_batches(batches: Sequence[Any]) -> None:
+    """Refuse calibration batches no adapter's ``forward`` takes: each must be a tensor, a
+    tuple or list of tensors, or a mapping of tensors (what ``CalibrationSource.batches``
+    returns)."""
+    import torch
+
+    if isinstance(batches, str | bytes) or not isinstance(batches, Sequence):
+        raise SecateursError(
+            f"calibration must be a list of batches, got a {type(batches).__name__}; "
+            "give a list of tensors or of dicts of tensors (e.g. [{'input_ids': ids}])"
+        )
+    for i, batch in enumerate(batches):
+        if isinstance(batch, torch.Tensor):
+            continue
+        items = list(batch.values()) if isinstance(batch, Mapping) else batch if isinstance(batch, tuple | list) else None
+        if not items or not any(isinstance(item, torch.Tensor) for item in items):
+            raise SecateursError(
+                f"calibration batch {i} is a {type(batch).__name__} with no tensor; a batch is a tensor, a "
+                "tuple/list of tensors or a dict of tensors, as the adapter's forward takes "
+                "(tokenize text first: [{'input_ids': ids}])"
+            )
+
+
+def preflight(recipe: Any, parts: Any, manager: PluginManager, *, calibrated: bool | None = None) -> ModelFacts | None:
+    """Every check of ``recipe`` (a ``Recipe``) and its built ``parts`` (``RunParts``) that
+    needs no weight; returns the model's facts (``None`` when unknown). ``calibrated``:
+    whether calibration batches will be given (default: the recipe names a source)."""
+    plan = RunPlan(
+        sparsity=recipe.sparsity,
+        granularity=recipe.granularity,
+        scorer=parts.scorer,
+        applier=parts.applier,
+        calibrated=parts.calibration is not None if calibrated is None else calibrated,
+    )
+    check_plan(plan, parts.allocator)
+    check_granularity(recipe.granularity, manager, recipe.adapter)
+    return check_against_model(recipe.model, (parts.calibration, parts.evaluator), manager, recipe.adapter)
+
+
+def check_against_model(
+    source: str | None, parts: Iterable[Any], manager: PluginManager, adapter: str | None = None
+) -> ModelFacts | None:
+    """Hand the facts of the model at ``source`` (``model_facts``) to every part that checks
+    them (``ModelChecking``); return the facts (``None`` when unknown: nothing checked)."""
+    facts = model_facts(source, manager, adapter)
+    if facts is not None:
+        for part in parts:
+            if isinstance(part, ModelChecking):
+                part.check_model(facts)
+    return facts
