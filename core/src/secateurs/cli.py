@@ -277,7 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     except SecateursError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C: one line, nothing half-written
+        from secateurs.outputs import interrupted
+
+        click.echo(interrupted(), err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
