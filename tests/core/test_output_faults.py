@@ -22,26 +22,29 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import test_reliability
 import torch
+from cli_run import run_cli
 from safetensors import SafetensorError
 from safetensors.torch import save_file
-
-from cli_run import run_cli
-from test_reliability import _recipe, _refused, _snapshot, workspace  # noqa: F401 (fixture)
-import secateurs.outputs as outputs
+from secateurs import outputs
 from secateurs.builtins.exporters import SafetensorsExporter
 from secateurs.errors import SecateursError
 from secateurs.filesystem import exchange, write_fault
 from secateurs.outputs import MARKER, atomic_output_dir, check_output, clean_stale, weights_size
+from test_reliability import _recipe, _refused, _snapshot
 
 CLI = "from secateurs.cli import main; main()"
+workspace = test_reliability.workspace
+"""The user's folder of test_reliability: a tiny model, a text file and a note to keep."""
 QUIET = {**os.environ, "TQDM_DISABLE": "1"}
 """A subprocess's environment: transformers' own progress bars (loading, saving) off."""
 
 
 def _cli(args: list[str], **popen) -> subprocess.CompletedProcess:
     """``secateurs ARGS`` in a fresh process."""
-    return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=300, env=QUIET, **popen)
+    command = [sys.executable, "-c", CLI, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=QUIET, check=False, **popen)
 
 
 def _one_line(stderr: str) -> str:
@@ -90,7 +93,9 @@ def tmpfs(tmp_path) -> Iterator[Callable[[str, str], Path]]:
         folder.mkdir()
         if shutil.which("mount") is None:
             pytest.skip("no mount command here: cannot make a small or read-only filesystem")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True, check=False
+        )
         if done.returncode:
             pytest.skip(f"cannot mount a tmpfs here (run as root): {done.stderr.strip()}")
         mounted.append(folder)
@@ -222,12 +227,12 @@ def test_a_disk_full_while_saving_is_one_line_and_nothing_is_written(workspace, 
 def test_write_faults_become_one_error_and_remove_the_temporary_output(tmp_path, tmpfs, writer):
     disk = tmpfs("disk", "size=256k")
     tensors = {"w": torch.zeros(128, 1024)}  # 512 KiB
-    with pytest.raises(SecateursError, match="the disk holding .* is full; nothing was written") as failed:
-        with atomic_output_dir(disk / "out") as tmp:
-            if writer == "safetensors":
-                save_file(tensors, tmp / "model.safetensors")
-            else:
-                (tmp / "model.bin").write_bytes(bytes(512 * 1024))
+    full = pytest.raises(SecateursError, match="the disk holding .* is full; nothing was written")
+    with full as failed, atomic_output_dir(disk / "out") as tmp:
+        if writer == "safetensors":
+            save_file(tensors, tmp / "model.safetensors")
+        else:
+            (tmp / "model.bin").write_bytes(bytes(512 * 1024))
     assert write_fault(failed.value.__cause__) is not None
     assert list(disk.iterdir()) == [] and outputs._writing == {}
 
@@ -290,7 +295,8 @@ main(sys.argv[2:])
 
 def _killed_overwrite(how: str, recipe: Path) -> None:
     args = ["prune", str(recipe), "-q", "--overwrite", "--sparsity", "0.25"]
-    done = subprocess.run([sys.executable, "-c", KILLED_OVERWRITE, how, *args], capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", KILLED_OVERWRITE, how, *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
 
 
