@@ -22,7 +22,7 @@ from secateurs.devices import check_device
 from secateurs.errors import SecateursError
 from secateurs.loading import load, wrap
 from secateurs.offload import Budget, LazyState, dispatch
-from secateurs.outputs import Reads, atomic_output_dir, check_output
+from secateurs.outputs import Reads, atomic_output_dir, check_output, weights_size
 from secateurs.pipeline import PruneSpec, check_spec, prune_model
 from secateurs.preflight import check_against_model, check_batches, preflight
 from secateurs.plugins import PluginManager, Registry, get_manager
@@ -223,8 +223,9 @@ def prune(
     _require_model(recipe, model)
     parts = build_parts(recipe, manager, progress=progress, calibration=calibration)
     reads = [*recipe.read_paths(), *reads]
-    if recipe.output is not None:
-        check_output(recipe.output, reads=reads, overwrite=overwrite)
+    if recipe.output is not None:  # the saved model is as large as the input, at most
+        needs = weights_size(recipe.model) if recipe.model is not None else 0
+        check_output(recipe.output, reads=reads, overwrite=overwrite, needs_bytes=needs)
 
     started = time.perf_counter()
     loaded = load_for(recipe, manager, model=model)
