@@ -184,6 +184,15 @@ def test_an_output_disk_without_room_for_the_model_is_refused(tiny_lm_dir, tmpfs
     assert check_output(disk / "out", needs_bytes=1024) == disk / "out"
 
 
+def test_prune_refuses_a_disk_without_room_for_the_model_before_loading(workspace, tiny_lm_dir, tmpfs, capsys, monkeypatch):
+    disk = tmpfs("disk", "size=64k")
+    monkeypatch.setattr("secateurs.run.load_for", lambda *a, **k: pytest.fail("the model was loaded"))
+    recipe = _recipe(workspace, tiny_lm_dir, disk / "out")
+    before = _snapshot(workspace)
+    _refused(capsys, ["prune", str(recipe), "-q"], str(disk), "the model needs 355.", "free space there")
+    assert _snapshot(workspace) == before and not list(disk.iterdir())
+
+
 def test_weights_size_counts_the_format_the_model_is_loaded_from(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"s" * 100)
     (tmp_path / "pytorch_model.bin").write_bytes(b"b" * 1000)  # the same weights, another format
