@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from importlib.metadata import EntryPoint
 from typing import TYPE_CHECKING, Any
 
@@ -265,6 +266,11 @@ def inspect(model: str, adapter: str | None, device: str, as_json: bool) -> None
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
 
 
+def _warning_line(message: Warning | str, *_: Any, **__: Any) -> None:
+    """``warnings.showwarning`` of the CLI: each warning as one ``warning: ...`` line."""
+    click.echo(f"warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one clear line and exit with status 2; every plugin
     problem (``PluginManager.warnings``) prints one warning line first, on every command."""
@@ -273,7 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     for line in manager.warnings():
         click.echo(f"warning: {line}", err=True)
     try:
-        cli.main(args=argv, prog_name="secateurs", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            cli.main(args=argv, prog_name="secateurs", standalone_mode=False)
     except SecateursError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

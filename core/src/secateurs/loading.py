@@ -5,16 +5,18 @@ from __future__ import annotations
 import importlib.util
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from secateurs import hints
 from secateurs.builtins.module import FACTORY_KEY
 from secateurs.devices import check_device
 from secateurs.errors import SecateursError
-from secateurs.plugins import PluginManager, get_manager
 from secateurs.offload import Budget
+from secateurs.plugins import PluginManager, get_manager
 from secateurs.protocols import (
     Adapter,
     BudgetLoader,
@@ -23,18 +25,28 @@ from secateurs.protocols import (
     GenericAdapter,
     LoadedModel,
 )
+from secateurs.weight_checks import nonfinite_tensors, warn_nonfinite
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": None}
 ADAPTER_GUIDE = '"Writing an architecture adapter" in the secateurs documentation (an adapter is a plugin like any other)'
 
 
-def _adapters(manager: PluginManager, name: str | None) -> list[Adapter]:
+def _adapters(manager: PluginManager, name: str | None) -> Iterator[Adapter]:
     """The named adapter, or every installed one with generic adapters (``GenericAdapter``
-    with ``generic = True``, such as ``module``) after the architecture ones."""
+    with ``generic = True``, such as ``module``) after the architecture ones. Each is
+    created when reached, so a caller that stops at the first that fits never imports the
+    others' libraries (a transformers folder does not import timm)."""
     if name is not None:
-        return [manager.adapters.create(name)]
-    adapters = [manager.adapters.create(n) for n in manager.adapters.names()]
-    return sorted(adapters, key=_is_generic)
+        yield manager.adapters.create(name)
+        return
+    generic = []
+    for n in manager.adapters.names():
+        adapter = manager.adapters.create(n)
+        if _is_generic(adapter):
+            generic.append(adapter)
+        else:
+            yield adapter
+    yield from generic
 
 
 def _is_generic(adapter: Adapter) -> bool:
@@ -42,18 +54,25 @@ def _is_generic(adapter: Adapter) -> bool:
 
 
 def _no_adapter(
-    what: str, manager: PluginManager, reasons: list[tuple[str, str]], named: str | None = None
+    what: str,
+    manager: PluginManager,
+    reasons: list[tuple[str, str]],
+    named: str | None = None,
+    path: Path | None = None,
 ) -> SecateursError:
-    """The refusal: each adapter tried (``reasons``: name, why it declined), then the guide;
-    one line when the recipe ``named`` the adapter."""
+    """The refusal: each adapter tried (``reasons``: name, why it declined), then what to
+    install for the model at ``path`` (``hints.model_hint``) or the guide; one line when
+    the recipe ``named`` the adapter."""
     if named is not None:
         (_, why), = reasons
         return SecateursError(f"the {named!r} adapter cannot take {what}: {why}")
     installed = ", ".join(manager.adapters.names()) or "none"
     tried = "".join(f"\n  {name}: {why}" for name, why in reasons)
-    return SecateursError(
-        f"no installed adapter supports {what}. Tried:{tried or ' none'}\nInstalled adapters: {installed}. "
+    advice = (hints.model_hint(path, manager) if path is not None else None) or (
         f"Install the adapter distribution for this architecture, or write one: see {ADAPTER_GUIDE}"
+    )
+    return SecateursError(
+        f"no installed adapter supports {what}. Tried:{tried or ' none'}\nInstalled adapters: {installed}. {advice}"
     )
 
 
@@ -83,8 +102,10 @@ def find_adapter(model: nn.Module, name: str | None = None, manager: PluginManag
 
 def wrap(model: nn.Module, adapter: str | None = None, manager: PluginManager | None = None) -> LoadedModel:
     """An in-memory ``model`` with the adapter that supports it (or the one named). A
-    model only a generic adapter supports is pruned by it, with a warning saying so."""
+    model only a generic adapter supports is pruned by it, with a warning saying so;
+    weights holding NaN or Inf get one warning naming them."""
     found = find_adapter(model, adapter, manager)
+    warn_nonfinite(nonfinite_tensors(model.named_parameters()), f"<{type(model).__name__} in memory>")
     if adapter is None and _is_generic(found):
         warnings.warn(
             f"no architecture adapter knows {type(model).__name__}; pruning it with the generic "
@@ -131,7 +152,11 @@ def resolve_source(source: str | Path, manager: PluginManager | None = None) -> 
     if str(source) in manager.models:
         return manager.models.create(str(source)).fetch()
     known = ", ".join(manager.models.names()) or "none"
-    raise SecateursError(f"model {str(source)!r} does not exist; it is neither a path nor a packaged model ({known})")
+    hint = hints.packaged_hint(str(source), manager)
+    raise SecateursError(
+        f"model {str(source)!r} does not exist; it is neither a path nor a packaged model ({known})"
+        + (f"; {hint}" if hint else "")
+    )
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -188,4 +213,4 @@ def load(
             loaded.source = str(source)
             return loaded
         reasons.append((candidate.name, _why_not_loaded(candidate, path)))
-    raise _no_adapter(f"the model at {path}" + (" within max_memory" if budget else ""), manager, reasons, adapter)
+    raise _no_adapter(f"the model at {path}" + (" within max_memory" if budget else ""), manager, reasons, adapter, path)

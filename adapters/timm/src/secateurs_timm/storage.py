@@ -5,8 +5,10 @@ kwargs, patches, input size) or a ``TorchvisionSpec`` (``torchvision_model``: bu
 allow-listed kwargs, input size) — and the shape of every state tensor. Loading builds the
 model skeleton with its own library on the meta device (no weight initialisation),
 resizes it to the recorded shapes (a physically shrunk model has narrower layers than its
-name says), syncs the module attributes, allocates it on the target device and loads the
-safetensors state strictly.
+name says), syncs the module attributes, checks the file's header (no floating-point
+parameter stored as an integer dtype: ``secateurs.weight_checks``) and takes the
+safetensors state strictly as the model's tensors (no second copy), warning once about
+tensors holding NaN or Inf.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
-
 from secateurs.errors import SecateursError
 from secateurs.outputs import atomic_file
+from secateurs.weight_checks import check_stored_dtypes, nonfinite_tensors, warn_nonfinite
+from torch import nn
+
 from secateurs_timm.shapes import resize_to, shapes_of
 from secateurs_timm.spec import TimmSpec
 from secateurs_timm.tvspec import TorchvisionSpec
@@ -80,12 +84,14 @@ def load_model(path: Path, *, device: str = "cpu", dtype: torch.dtype | None = N
     if any(name not in shapes for name, _ in model.named_buffers()):  # non-persistent buffers need their init
         model = spec.create()
     resize_to(model, shapes)
+    weights = path / WEIGHTS
+    floats = {name: dtype or p.dtype for name, p in model.named_parameters() if p.is_floating_point()}
+    check_stored_dtypes([weights], floats)
     try:
-        state = load_file(str(path / WEIGHTS))
-    except (OSError, RuntimeError) as exc:
-        raise SecateursError(f"cannot read {path / WEIGHTS}: {exc}") from exc
-    model.to_empty(device=device)
-    model.load_state_dict(state, strict=True)
-    if dtype is not None:
-        model.to(dtype)
+        state = load_file(str(weights))
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        raise SecateursError(f"cannot read {weights}: {exc}") from exc
+    warn_nonfinite(nonfinite_tensors(state.items()), str(path))
+    model.load_state_dict(state, strict=True, assign=True)  # the loaded tensors, not copies of them
+    model.to(device=device, dtype=dtype)
     return model.eval(), spec

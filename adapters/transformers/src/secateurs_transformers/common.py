@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -15,7 +16,8 @@ from torch import nn
 from secateurs.errors import SecateursError
 from secateurs.offload import Budget, block_device_map, execution_device, offloaded_shard_size, remove_with
 from secateurs.protocols import LoadedModel
-from secateurs_transformers import secateurs_resized
+from secateurs.weight_checks import unsafe_pickle, unsafe_pickle_error
+from secateurs_transformers import secateurs_resized, weights
 from secateurs_transformers.secateurs_resized import LAYER_SIZES, PREFIX, layers, resized_class, stock_class
 
 
@@ -111,7 +113,13 @@ def load_folder(
     installed package, not from the folder), so the layers have their saved shapes
     before the weights load.
 
-    ``budget``: the model is built on the meta device, ``adapter.blocks`` placed by
+    Before any weight is read, the model is built on the meta device (``meta_model``): a
+    model ``adapter`` does not support gives ``None``, and the weight files are checked
+    (``weights.check_files``: no float stored as an integer, one warning for NaN/Inf). A
+    pickled ``.bin`` that ``weights_only`` loading refuses is one line
+    (``secateurs.weight_checks.unsafe_pickle_error``); nothing in it runs.
+
+    ``budget``: ``adapter.blocks`` of the model built on the meta device are placed by
     ``block_device_map`` and ``from_pretrained(device_map=...)`` loads only the resident
     entries; accelerate reads the others from the folder's safetensors shards when a
     block runs (or from its offload folder, when ``dtype`` converts them).
@@ -123,23 +131,29 @@ def load_folder(
     if LAYER_SIZES in config:
         model_class = resized_class(auto_class._model_mapping[CONFIG_MAPPING[config["model_type"]]])
     placement: dict[str, Any] = {}
-    if budget is not None:
-        meta = meta_model(path, model_class)
-        if isinstance(meta, str):
-            raise SecateursError(f"cannot load the model at {path} within max_memory: {meta}")
+    meta = meta_model(path, model_class)
+    if isinstance(meta, str) and budget is not None:
+        raise SecateursError(f"cannot load the model at {path} within max_memory: {meta}")
+    if not isinstance(meta, str):  # else from_pretrained says what is wrong
         if not adapter.supports(meta):
             return None
+        weights.check_files(path, meta, dtype, config)
+    if budget is not None:
         placement = _placement(adapter, meta, device=device, dtype=dtype or config.get("dtype"), budget=budget)
     scratch = placement.get("offload_folder")
     try:
         model = model_class.from_pretrained(str(path), dtype=dtype or "auto", local_files_only=True, **placement)
-    except (SafetensorError, OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+    except (SafetensorError, OSError, KeyError, RuntimeError, TypeError, ValueError, EOFError,
+            pickle.UnpicklingError) as exc:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+        if unsafe_pickle(exc):
+            raise unsafe_pickle_error(weights.pickle_files(path)) from None
         raise SecateursError(
             f"cannot load the model at {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
             "the weights may be truncated or corrupt, or not match config.json: copy the model folder again"
         ) from None
+    weights.check_loaded(path, model)
     if budget is None:
         model.to(device)
     elif scratch is not None:  # accelerate's scratch files go with the model

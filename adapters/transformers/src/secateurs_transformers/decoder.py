@@ -103,9 +103,20 @@ def _conv1d() -> type:
 
 
 def _is_causal_lm(model: nn.Module) -> bool:
+    """Whether ``model``'s transformers class is one ``AutoModelForCausalLM`` builds: the
+    class its config maps to (one import), else any class of the mapping (all of them)."""
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, PreTrainedModel
 
-    return isinstance(model, PreTrainedModel) and stock_class(type(model)) in set(MODEL_FOR_CAUSAL_LM_MAPPING.values())
+    if not isinstance(model, PreTrainedModel):
+        return False
+    stock = stock_class(type(model))
+    try:
+        mapped = MODEL_FOR_CAUSAL_LM_MAPPING[type(model.config)]
+    except (KeyError, ValueError):
+        mapped = ()
+    if stock in (mapped if isinstance(mapped, tuple | list) else (mapped,)):
+        return True
+    return stock in set(MODEL_FOR_CAUSAL_LM_MAPPING.values())
 
 
 def _causal_architecture(config: dict[str, Any]) -> bool:
