@@ -33,6 +33,8 @@ INTEGERS = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I6
 """safetensors' integer dtypes: never the storage of a floating-point parameter."""
 CHUNK = 2**20
 """Bytes read and checked at a time (the checks' own memory)."""
+MAX_HEADER = 100 * 2**20
+"""The largest header read (safetensors' own limit)."""
 NAMED = 5
 """Tensors named in the NaN/Inf warning; the rest are counted."""
 CONVERT = (
@@ -55,8 +57,8 @@ def read_header(file: Path) -> tuple[int, dict[str, dict]]:
         if len(prefix) < 8:
             raise _damaged(file, "no header")
         (length,) = struct.unpack("<Q", prefix)
-        if length > size - 8:
-            raise _damaged(file, "its header runs past the end of the file")
+        if length > min(size - 8, MAX_HEADER):
+            raise _damaged(file, f"a header of {length} bytes")
         try:
             header = json.loads(f.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -114,7 +116,7 @@ def _finite_in_file(f, start: int, offsets: Sequence[int], dtype: torch.dtype, b
         n = f.readinto(buffer[: min(left, CHUNK)].numpy())
         if not n:
             return True  # past the end: read_header has refused truncated files already
-        if not _finite(buffer[:n].view(dtype)):
+        if not _finite(buffer[: n - n % dtype.itemsize].view(dtype)):
             return False
         left -= n
     return True
