@@ -6,6 +6,7 @@ import json
 import pickle
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch import nn
 from secateurs.errors import SecateursError
 from secateurs.offload import Budget, block_device_map, execution_device, offloaded_shard_size, remove_with
 from secateurs.protocols import LoadedModel
+from secateurs.types import ModelFacts
 from secateurs.weight_checks import unsafe_pickle, unsafe_pickle_error
 from secateurs_transformers import secateurs_resized, weights
 from secateurs_transformers.secateurs_resized import LAYER_SIZES, PREFIX, layers, resized_class, stock_class
@@ -34,6 +36,22 @@ def read_config(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise SecateursError(f"{config} holds a JSON {type(data).__name__}, not an object; copy the model's config.json again")
     return data
+
+
+def folder_facts(path: Path, accepts: Callable[[dict[str, Any]], bool]) -> ModelFacts | None:
+    """What the folder's config says (``DescribingAdapter.describe``) when ``accepts(config)``;
+    ``None`` otherwise, or when transformers cannot read the config (``load`` says why).
+    Reads ``config.json`` only."""
+    config = read_config(path)
+    if config is None or not accepts(config):
+        return None
+    from transformers import AutoConfig
+
+    try:
+        parsed = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (ValueError, KeyError, OSError):
+        return None
+    return ModelFacts(str(path), getattr(parsed, "max_position_embeddings", None))
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
