@@ -319,8 +319,9 @@ def test_a_kill_between_the_renames_of_an_overwrite_loses_nothing(workspace, tin
     (aside,) = workspace.glob(".out.old-*")
     assert _snapshot(aside / "old") == previous  # the only copy
     monkeypatch.setattr(outputs, "STARTED", time.time())  # the next write is a later process
-    with pytest.warns(UserWarning, match=f"put back {out}"):
-        _refused(capsys, ["prune", str(recipe), "-q"], "earlier secateurs output", "--overwrite")
+    code, _, err = run_cli(["prune", str(recipe), "-q"], capsys)
+    assert code == 2 and f"warning: put back {out}" in err and "Traceback" not in err
+    assert "earlier secateurs output" in err and "--overwrite" in err
     assert _snapshot(out) == previous
     _no_litter(workspace)
     assert run_cli(["prune", str(recipe), "-q", "--overwrite"], capsys)[0] == 0

@@ -50,6 +50,7 @@ def test_report_records_versions_device_date_and_the_models_identity(tiny_lm_dir
     for distribution in ("secateurs", "torch", "transformers"):
         assert prov["versions"][distribution] == importlib.metadata.version(distribution)
     installed = {p.name: p for p in get_manager().plugins if p.distribution != "secateurs"}
+    assert installed, "the workspace's plugins are installed"
     assert set(prov["plugins"]) == set(installed)
     for name, info in installed.items():
         assert prov["plugins"][name] == {"distribution": info.distribution, "version": info.version}

@@ -82,9 +82,7 @@ class PluginCommands(click.Group):
         declared = self._declared(ctx).get(cmd_name)
         if declared is None:
             return None
-        command = _load_command(cmd_name, *declared)
-        self.add_command(command, cmd_name)
-        return command
+        return _load_command(cmd_name, *declared)  # not kept: the next call's metadata decides
 
 
 def _load_command(name: str, point: EntryPoint, plugin: PluginInfo) -> click.Command:

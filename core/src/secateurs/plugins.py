@@ -365,6 +365,17 @@ def _distribution(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
     return (ep.dist.name, ep.dist.version) if ep.dist else ("unknown", "unknown")
 
 
+def selected_plugins() -> list[PluginInfo]:
+    """The entry-point plugins ``SECATEURS_LOAD_PLUGINS`` selects (every installed one when
+    unset), with their distributions; read from metadata, nothing imported."""
+    wanted = _wanted()
+    return [
+        PluginInfo(ep.name, *_distribution(ep))
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        if wanted is None or ep.name in wanted
+    ]
+
+
 def command_entry_points() -> dict[str, tuple[importlib.metadata.EntryPoint, PluginInfo]]:
     """Commands plugins declare in the entry-point group ``secateurs.commands``, by name,
     with the distribution declaring each; read from metadata, nothing imported. Under

@@ -4,7 +4,7 @@
 
 - ``versions``: distribution versions (``importlib.metadata``) of ``secateurs``, ``torch``
   and, when installed, ``transformers`` (never imported for this), and Python's;
-- ``plugins``: every loaded plugin that another distribution provides, ``{name:
+- ``plugins``: every plugin another distribution provides that the run loads, ``{name:
   {"distribution", "version"}}`` (the built-ins are ``secateurs``'s version);
 - ``device`` (as the run named it, with the accelerator's name where there is one) and
   ``torch_threads``;
@@ -67,14 +67,11 @@ def versions() -> dict[str, str]:
 
 
 def plugin_versions() -> dict[str, dict[str, str]]:
-    """The loaded plugins not built into secateurs, with their distribution and version."""
-    from secateurs.plugins import get_manager
+    """The plugins the run loads from other distributions (``plugins.selected_plugins``:
+    metadata only, so recording them has no side effect on the plugin manager)."""
+    from secateurs.plugins import selected_plugins
 
-    return {
-        p.name: {"distribution": p.distribution, "version": p.version}
-        for p in get_manager().plugins
-        if p.distribution != "secateurs"
-    }
+    return {p.name: {"distribution": p.distribution, "version": p.version} for p in selected_plugins()}
 
 
 def device_info(device: str) -> dict[str, str]:
