@@ -4,6 +4,7 @@ clear message, a non-zero exit, and nothing written."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,16 @@ def test_console_script_exits_non_zero_on_bad_input(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_quiet_silences_every_progress_bar(tmp_path, tiny_lm_dir, text_file):
+    """``-q``: nothing on stderr, not even transformers' loading and saving bars."""
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    command = [sys.executable, "-c", "from secateurs.cli import main; main()", "prune", "-q"]
+    proc = subprocess.run([*command, str(_recipe(tmp_path, tiny_lm_dir, text_file))],
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "saved to" in proc.stdout
 
 
 def test_prune_curve_of_a_language_model(tmp_path, tiny_lm_dir, text_file, capsys):

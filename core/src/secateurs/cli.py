@@ -10,6 +10,7 @@ shown (``PluginCommands``), so ``secateurs --help`` and ``secateurs CMD --help``
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from importlib.metadata import EntryPoint
@@ -32,6 +33,19 @@ TOML_VALUES = (
 )
 SET_HELP = "Override any recipe key, dotted; repeatable. " + TOML_VALUES.format(example="calibration.corpus='\"nyt-train\"'")
 RATES_HELP = "Pruning rates in percent: START:STOP:STEP (inclusive) or a comma list."
+
+
+def _silence_bars(_ctx: click.Context, _param: click.Parameter, quiet: bool) -> bool:
+    """``-q`` also silences the libraries' bars (transformers' loading and saving): tqdm
+    reads ``TQDM_DISABLE`` when first imported, which a command does only once it runs."""
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    return quiet
+
+
+def quiet_option(text: str = "No progress bars (neither secateurs' nor its libraries').") -> Any:
+    """The ``--quiet/-q`` flag every command that runs a recipe takes."""
+    return click.option("--quiet", "-q", is_flag=True, callback=_silence_bars, help=text)
 
 
 def example(*lines: str) -> str:
@@ -121,7 +135,7 @@ def cli() -> None:
 @click.option("--device", help="Device to prune on (cpu, cuda, cuda:1...).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@quiet_option()
 def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> None:
     """Prune a model as RECIPE (a TOML file) says."""
     from secateurs.masks import parse_nm
@@ -179,7 +193,7 @@ def eval_(model, evaluator, sets, device, as_json) -> None:
 @click.option("--device", help="Device to run on (cpu, cuda, cuda:1...).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option()
 def prune_curve(recipe, output, rates, metric, model, device, sets, overwrite, quiet) -> None:
     """Metric-vs-pruning-rate curve of RECIPE, for any scorer: score the dense model once,
     prune a fresh copy at every rate (0, 5, ..., 95% by default; the masks nest) and

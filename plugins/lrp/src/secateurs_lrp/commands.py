@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from secateurs.cli import OVERWRITE_HELP, RATES_HELP, SET_HELP, checked_reads, command_recipe
+from secateurs.cli import OVERWRITE_HELP, RATES_HELP, SET_HELP, checked_reads, command_recipe, quiet_option
 from secateurs.errors import SecateursError
 
 SAMPLERS = ("tpe", "gp")
@@ -40,7 +40,7 @@ Example:
 @click.option("--device", help="Device to run on (cpu, cuda, cuda:1...).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option()
 def lrp_tune(recipe, trials, seed, sampler, rates, heldout, name, output, model, device, sets, overwrite, quiet):
     """Find the LRP composite (rule per depth group, epsilon, gamma, softmax rule) that
     maximizes the area under RECIPE's accuracy-vs-pruning-rate curve on a held-out
