@@ -21,6 +21,7 @@ from secateurs.offload import Budget
 from secateurs.plugins import PluginManager
 from secateurs.protocols import OPTIONAL, LoadedModel
 from secateurs.block_inputs import Inputs
+from secateurs.builtins.allocators import UniformAllocator
 from secateurs.builtins.appliers import ZeroApplier
 from secateurs.builtins.remove import RemoveApplier
 from secateurs.builtins.scorers import MagnitudeScorer
@@ -124,6 +125,13 @@ class ExplainingMLPAdapter(MLPStackAdapter):
     def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None:
         raise AssertionError("no groups, so nothing is ever removed")
 
+    def layer_refusal(self, model: nn.Module) -> str | None:
+        return None if model.depth > 1 else "a one-layer stack keeps its layer"
+
+    def remove_layers(self, model: nn.Module, keep) -> None:
+        model.layers = nn.ModuleList(model.layers[i] for i in keep)
+        model.depth = len(keep)
+
 
 @attrs.frozen
 class RecordingScorer(InputWeighted):
@@ -136,6 +144,10 @@ class RecordingScorer(InputWeighted):
 
     def score_group(self, group: Group, ctx) -> torch.Tensor:
         return torch.ones(group.size)
+
+    def score_layer(self, block: Block, ctx) -> float:
+        """How far the block moves its inputs."""
+        return float(sum((y - x).norm() for x, y in zip(ctx.inputs, ctx.outputs, strict=True)))
 
 
 @attrs.frozen
@@ -309,6 +321,22 @@ def _recipe(tmp_path, **changes):
         "calibration": {"name": "gaussian", "nsamples": 8}, "scorer": "recording",
         "allocator": "ramp", "applier": "checking-zero", "exporters": ["report"], **changes,
     }
+
+
+def test_a_layer_scorer_and_a_layer_removing_adapter_remove_the_lowest_scored_layers():
+    model = MLPStack(depth=3)
+    with torch.no_grad():
+        model.layers[1][0].weight.copy_(torch.eye(16))  # ReLU(x) for x >= 0: barely moves
+        model.layers[1][0].bias.zero_()
+    kept = [model.layers[0], model.layers[2]]
+    batches = [{"x": torch.rand(4, 16)} for _ in range(2)]
+    loaded = LoadedModel(model, ExplainingMLPAdapter(), "toy")
+    spec = PruneSpec(RecordingScorer(), UniformAllocator(), ZeroApplier(), 0.34, "layers", calibration=batches,
+                     progress=False)
+    result = prune_model(loaded, spec)
+    assert list(model.layers) == kept and model.depth == 2
+    assert result.records["layers"]["removed"] == ["layers.1"]
+    assert result.params_pruned == 16 * 17 and result.records["recording"] == {"prepared_batches": 2}
 
 
 def test_scorer_and_allocator_records_reach_the_report(optional_manager, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from secateurs.builtins.appliers import ZeroApplier
 from secateurs.plugins import get_manager
-from secateurs.protocols import NEEDS_REFERENCE, Allocator, Scorer, StructuredScorer
+from secateurs.protocols import LAYER_COMPARISON, NEEDS_REFERENCE, Allocator, Scorer, StructuredScorer
 from secateurs.run import prune
 from secateurs.testing import (
     GaussianBatches,
@@ -44,6 +44,8 @@ def test_every_scorer_passes_its_check(name):
         pytest.skip(f"{name} explains image classifiers; tests/lrp/test_scorers.py checks it")
     if scorer.selects:
         pytest.skip(f"{name} selects given keep counts; check_allocator('ken-k') covers it")
+    if scorer.comparison == LAYER_COMPARISON:
+        pytest.skip(f"{name} scores whole layers; tests/transformers/test_tf_layers.py checks it")
     where = Where(reference=_reference() if NEEDS_REFERENCE in scorer.requires else None)
     check_scorer(scorer, where)
     if isinstance(scorer, StructuredScorer):

@@ -39,19 +39,20 @@ from secateurs.protocols import (
     LoadedModel,
     PreparingScorer,
     RankingApplier,
-    Recording,
     ResizingApplier,
     Scorer,
     ScoreContext,
     StructuredRefusing,
     StructuredScorer,
+    merged_records,
 )
+from secateurs.depth import check_layers, prune_layers
 from secateurs.masks import keep_counts, row_ranks
 from secateurs.offload import materialized
 from secateurs.stats import StatsComplete, collect_stats
 from secateurs.structured import entry_layout, removed_entries
 from secateurs.preflight import check_plan
-from secateurs.types import Allocation, Block, Group, InputStats, PruneResult, RunPlan, Unit, UnitReport
+from secateurs.types import LAYERS, Allocation, Block, Group, InputStats, PruneResult, RunPlan, Unit, UnitReport
 
 @attrs.define(eq=False)
 class PruneSpec:
@@ -412,7 +413,10 @@ class Session:
 def check_spec(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None = None) -> list[Block]:
     """Check the run before any work on the model (sparsity, parts, granularity, hookable
     units: ``SecateursError`` naming what is wrong); return the blocks it prunes
-    (``blocks``, else the recipe's targets, else the adapter's blocks)."""
+    (``blocks``, else the recipe's targets, else the adapter's blocks). ``layers`` runs:
+    ``secateurs.depth.check_layers``."""
+    if spec.granularity == LAYERS:
+        return check_layers(loaded, spec, blocks)
     check_plan(
         RunPlan(spec.sparsity, spec.granularity, spec.scorer, spec.applier, calibrated=bool(spec.calibration)),
         spec.allocator,
@@ -475,8 +479,11 @@ def dense_scores(
 def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None = None) -> PruneResult:
     """Prune ``loaded.model`` in place according to ``spec``; return what was done.
 
-    The model object is modified: copy it first if you need the original.
+    The model object is modified: copy it first if you need the original. ``layers`` runs
+    remove whole blocks (``secateurs.depth.prune_layers``).
     """
+    if spec.granularity == LAYERS:
+        return prune_layers(loaded, spec, blocks)
     params_total = sum(p.numel() for p in loaded.model.parameters())
     start = time.perf_counter()
     session = _open_session(loaded, spec, blocks)
@@ -512,7 +519,7 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
         params_total=params_total,
         params_pruned=pruned,
         timings=session.timings,
-        records=_records(spec.allocator, spec.scorer),
+        records=merged_records(spec.allocator, spec.scorer),
     )
 
 
@@ -529,11 +536,6 @@ def _repeat_batch(value: Any, n: int, batch: int) -> Any:
     if isinstance(value, dict):
         return {k: _repeat_batch(v, n, batch) for k, v in value.items()}
     return value
-
-
-def _records(*parts: object) -> dict[str, Any]:
-    """The ``records`` of every ``Recording`` part (``None`` counts as empty), merged in order."""
-    return {k: v for part in parts if isinstance(part, Recording) for k, v in (part.records or {}).items()}
 
 
 def _all_targets(session: Session) -> list[Unit] | list[Group]:

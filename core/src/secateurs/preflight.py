@@ -9,6 +9,7 @@ before the model is loaded, not after minutes of loading and evaluating.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,17 @@ import attrs
 from secateurs.errors import SecateursError
 from secateurs.plugins import PluginManager
 from secateurs.protocols import (
+    LAYER_COMPARISON,
+    NEEDS_CALIBRATION,
     STAT_HESSIAN,
     STAT_SQ_NORM,
     CheckingAllocator,
     DescribingAdapter,
     GroupingAdapter,
+    LayerScorer,
     ModelChecking,
 )
-from secateurs.types import UNSTRUCTURED, ModelFacts, RunPlan
+from secateurs.types import LAYERS, UNSTRUCTURED, ModelFacts, RunPlan
 from secateurs.validators import check_sparsity
 
 
@@ -33,17 +37,67 @@ def check_plan(plan: RunPlan, allocator: Any) -> None:
     """What a run's parts say of each other and of the target, before any model exists:
     the sparsity, a selecting scorer with an allocator that needs scores, calibration for
     the statistics the scorer or applier needs, and the allocator's own ``check``
-    (``CheckingAllocator``)."""
+    (``CheckingAllocator``); for ``layers`` runs, a layer scorer and no allocator or applier
+    but the defaults (``check_layer_plan``)."""
     check_sparsity(plan.sparsity)
+    if plan.granularity == LAYERS:
+        check_layer_plan(plan, allocator)
+    elif plan.scorer.comparison == LAYER_COMPARISON:
+        raise SecateursError(
+            f"this scorer scores whole layers, not {plan.granularity} entries or groups; "
+            f'set granularity = "{LAYERS}" or pick another scorer'
+        )
     if plan.scorer.selects and allocator.needs_scores:
         raise SecateursError(
             "this scorer selects entries given each row's keep count, so it needs an allocator "
             "that works without scores (e.g. 'uniform')"
         )
-    if not plan.calibrated and (set(plan.scorer.requires) | set(plan.applier.requires)) & {STAT_SQ_NORM, STAT_HESSIAN}:
+    needs = {STAT_SQ_NORM, STAT_HESSIAN, NEEDS_CALIBRATION}
+    if not plan.calibrated and (set(plan.scorer.requires) | set(plan.applier.requires)) & needs:
         raise SecateursError("this scorer or applier needs calibration data; the recipe gives none")
     if isinstance(allocator, CheckingAllocator):
         allocator.check(plan)
+
+
+LAYER_PARTS = {
+    "allocator": ("secateurs.builtins.allocators:UniformAllocator",),
+    "applier": ("secateurs.builtins.appliers:ZeroApplier", "secateurs.builtins.remove:RemoveApplier"),
+}
+"""The parts a ``layers`` run accepts besides its scorer (the recipe's defaults, and
+``remove``): the run decides and removes the layers itself (``secateurs.depth``)."""
+
+
+def check_layer_plan(plan: RunPlan, allocator: Any) -> None:
+    """A ``layers`` run needs a ``LayerScorer`` and uses neither an allocator nor an applier
+    of its own: refuse any but the defaults rather than ignore them."""
+    if not isinstance(plan.scorer, LayerScorer):
+        raise SecateursError(
+            f'this scorer cannot score whole layers (granularity = "{LAYERS}"); '
+            "use 'block-influence' or 'skip-loss', or a plugin scorer with score_layer"
+        )
+    for kind, part in (("allocator", allocator), ("applier", plan.applier)):
+        if f"{type(part).__module__}:{type(part).__qualname__}" not in LAYER_PARTS[kind]:
+            raise SecateursError(
+                f'granularity = "{LAYERS}" removes the lowest-scored layers itself; leave out the '
+                f"recipe's {kind} (its {type(part).__name__} is not used)"
+            )
+
+
+def layers_to_remove(sparsity: float, layers: int, source: str = "the model") -> int:
+    """How many of ``layers`` blocks a ``layers`` run at ``sparsity`` removes (the nearest
+    whole number, halves up); ``SecateursError`` when that is none or all of them."""
+    count = math.floor(sparsity * layers + 0.5)
+    if count == 0:
+        raise SecateursError(
+            f"nothing to remove: sparsity {sparsity:g} of {source}'s {layers} layers rounds to 0 layers "
+            f"(at least {0.5 / layers:.3g} removes one)"
+        )
+    if count >= layers:
+        raise SecateursError(
+            f"sparsity {sparsity:g} of {source}'s {layers} layers removes every layer; "
+            f"below {(layers - 0.5) / layers:.3g} keeps at least one"
+        )
+    return count
 
 
 def check_granularity(granularity: str, manager: PluginManager, adapter: str | None = None) -> None:
@@ -121,7 +175,10 @@ def preflight(recipe: Any, parts: Any, manager: PluginManager, *, calibrated: bo
     )
     check_plan(plan, parts.allocator)
     check_granularity(recipe.granularity, manager, recipe.adapter)
-    return check_against_model(recipe.model, (parts.calibration, parts.evaluator), manager, recipe.adapter)
+    facts = check_against_model(recipe.model, (parts.calibration, parts.evaluator), manager, recipe.adapter)
+    if recipe.granularity == LAYERS and facts is not None and facts.layers is not None:
+        layers_to_remove(recipe.sparsity, facts.layers, facts.source)
+    return facts
 
 
 def check_against_model(

@@ -26,6 +26,11 @@ from secateurs.types import UNSTRUCTURED, Allocation, Block, Group, InputStats, 
 STAT_SQ_NORM = "sq_norm"
 STAT_HESSIAN = "hessian"
 NEEDS_REFERENCE = "reference"
+NEEDS_CALIBRATION = "calibration"
+"""A scorer requirement: calibration batches, without input statistics (layer scorers)."""
+LAYER_COMPARISON = "layer"
+"""The ``comparison`` of a scorer that scores whole layers only (``LayerScorer``): it serves
+``granularity = "layers"`` runs and is refused by every other granularity."""
 """The granularity that prunes entries of units (every other granularity is a group kind)."""
 
 
@@ -87,6 +92,22 @@ class BlockContext:
     loaded: LoadedModel | None = None
 
 
+@attrs.define(eq=False)
+class LayerContext:
+    """What a layer scorer may use to score one block (``LayerScorer.score_layer``).
+
+    ``inputs`` / ``outputs``: the hidden state entering and leaving the block, one tensor per
+    calibration batch, on the dense model (no block has been removed yet; empty for runs
+    without calibration). ``loaded``: the whole model with its adapter, unchanged, for
+    scorers that run it (``skip-loss``); ``calibration``: the run's batches (``None``: none).
+    """
+
+    inputs: Sequence[torch.Tensor]
+    outputs: Sequence[torch.Tensor]
+    loaded: LoadedModel
+    calibration: Sequence[Any] | None = None
+
+
 @runtime_checkable
 class Adapter(Protocol):
     """Knows one architecture family: finds its blocks and prunable units, loads and saves it.
@@ -129,8 +150,8 @@ class Scorer(Protocol):
     selection depends on how many entries each row keeps, so the allocator runs first
     and ``ctx.keep`` is set.
 
-    Optional members: ``StructuredScorer`` (``score_group``), ``PreparingScorer``
-    (``prepare``) and ``Recording`` (``records``).
+    Optional members: ``StructuredScorer`` (``score_group``), ``LayerScorer``
+    (``score_layer``), ``PreparingScorer`` (``prepare``) and ``Recording`` (``records``).
     """
 
     requires: frozenset[str]
@@ -338,6 +359,20 @@ class StructuredRefusing(Protocol):
 
 
 @runtime_checkable
+class LayerRemoving(Protocol):
+    """An adapter that removes whole blocks: ``remove_layers(model, keep)`` keeps only the
+    blocks at the indices ``keep`` (ascending, from ``blocks(model)``), in that order, and
+    updates what the architecture records of them (the config's layer count and per-layer
+    lists, the layers' own indices), so that the model runs and its saved folder reloads as
+    an ordinary smaller model. ``layer_refusal(model)`` says why a model's blocks cannot be
+    removed (``None``: they can); runs ask it before scoring anything."""
+
+    def remove_layers(self, model: nn.Module, keep: Sequence[int]) -> None: ...
+
+    def layer_refusal(self, model: nn.Module) -> str | None: ...
+
+
+@runtime_checkable
 class GenericAdapter(Protocol):
     """An adapter that supports models no architecture adapter knows (the core's
     ``module``): when ``generic`` is true it is tried after every other adapter, and a
@@ -372,6 +407,18 @@ class StructuredScorer(Protocol):
     structured run with a scorer without it is refused."""
 
     def score_group(self, group: Group, ctx: ScoreContext) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class LayerScorer(Protocol):
+    """A scorer of whole blocks, for ``granularity = "layers"``: ``score_layer(block, ctx)``
+    returns one float, higher = more worth keeping (a ``LayerContext``: the block's dense
+    input and output hidden states, the model, the calibration batches). The pipeline calls
+    it once per block during one dense block-by-block pass and removes the lowest-scored
+    blocks when the pass is done (``secateurs.depth``). A layers run with a scorer without
+    it is refused before the model is loaded."""
+
+    def score_layer(self, block: Block, ctx: LayerContext) -> float: ...
 
 
 @runtime_checkable
@@ -444,6 +491,11 @@ class Recording(Protocol):
     records: Mapping[str, Any]
 
 
+def merged_records(*parts: object) -> dict[str, Any]:
+    """The ``records`` of every ``Recording`` part (``None`` counts as empty), merged in order."""
+    return {k: v for part in parts if isinstance(part, Recording) for k, v in (part.records or {}).items()}
+
+
 OPTIONAL: dict[type, tuple[type, ...]] = {
     Adapter: (
         ResizingAdapter,
@@ -454,8 +506,9 @@ OPTIONAL: dict[type, tuple[type, ...]] = {
         GenericAdapter,
         DescribingAdapter,
         GroupingAdapter,
+        LayerRemoving,
     ),
-    Scorer: (StructuredScorer, PreparingScorer, Recording),
+    Scorer: (StructuredScorer, LayerScorer, PreparingScorer, Recording),
     Allocator: (CheckingAllocator, Recording),
     Applier: (CheckingApplier, ResizingApplier, RankingApplier),
     CalibrationSource: (ModelChecking,),

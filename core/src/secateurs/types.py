@@ -15,6 +15,8 @@ from torch import nn
 
 UNSTRUCTURED = "unstructured"
 """The granularity that prunes entries of units (the others are group kinds)."""
+LAYERS = "layers"
+"""The granularity that removes whole blocks (``secateurs.depth``), not components inside them."""
 
 
 @attrs.frozen(eq=False)
@@ -179,10 +181,11 @@ class InputStats:
 class ModelFacts:
     """What a model's own files say before any weight is read (``DescribingAdapter.describe``):
     ``source`` names the model in messages; ``max_positions`` is its maximum sequence length
-    (``None``: it records none)."""
+    (``None``: it records none); ``layers`` is its number of blocks (``None``: unknown)."""
 
     source: str
     max_positions: int | None = None
+    layers: int | None = None
 
 
 @attrs.frozen(eq=False)

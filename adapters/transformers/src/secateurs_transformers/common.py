@@ -51,7 +51,8 @@ def folder_facts(path: Path, accepts: Callable[[dict[str, Any]], bool]) -> Model
         parsed = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (ValueError, KeyError, OSError):
         return None
-    return ModelFacts(str(path), getattr(parsed, "max_position_embeddings", None))
+    layers = getattr(parsed, "num_hidden_layers", None)
+    return ModelFacts(str(path), getattr(parsed, "max_position_embeddings", None), layers if isinstance(layers, int) else None)
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")

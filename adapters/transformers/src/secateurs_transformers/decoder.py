@@ -43,6 +43,9 @@ Structured groups, where the coupling is declared (``LAYOUTS``):
   (``structured_refusal``), for the others: GPT-2, GPT-NeoX, Falcon, OPT and StableLM
   (head width derived from the hidden size), OLMo-2 (q/k norms over all heads together).
 
+``layers`` (``granularity = "layers"``): whole decoder layers removed
+(``secateurs_transformers.depth``); the saved config is an ordinary smaller one.
+
 After removal the config records the new sizes (uniform: the config fields, so plain
 ``from_pretrained`` reloads; per-layer, LLaMA layout only: ``secateurs_layer_sizes`` and the
 ``secateurs_resized.py`` route, see ``llama``).
@@ -54,7 +57,7 @@ import copy
 import functools
 import inspect
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -77,6 +80,7 @@ from secateurs_transformers.common import (
     record_layer_sizes,
     save_folder,
 )
+from secateurs_transformers.depth import remove_layers, removal_refusal
 from secateurs_transformers.secateurs_resized import LAYER_SIZES, stock_class
 
 ATTENTION_INPUTS = frozenset(
@@ -378,7 +382,7 @@ class DecoderAdapter:
     """Adapter for transformers causal LMs (see module docstring)."""
 
     name: str = "decoder"
-    group_kinds: ClassVar[tuple[str, ...]] = ("heads", "neurons")
+    group_kinds: ClassVar[tuple[str, ...]] = ("heads", "neurons", "layers")
 
     def describe(self, path: Path) -> ModelFacts | None:
         """The facts of a causal-LM folder from its config (``DescribingAdapter``)."""
@@ -432,6 +436,16 @@ class DecoderAdapter:
             layouts = "; ".join(f"{'+'.join(p)} -> {c}" for p, c in MLP_LAYOUTS)
             return f"{type(layer).__name__} has no MLP of a declared layout ({layouts}) as nn.Linear/Conv1D"
         return f"decoder layers have no {kind!r} groups (only heads and neurons)"
+
+    def layer_refusal(self, model: nn.Module) -> str | None:
+        """Why ``model``'s decoder layers cannot be removed (``LayerRemoving``)."""
+        return removal_refusal(model)
+
+    def remove_layers(self, model: nn.Module, keep: Sequence[int]) -> None:
+        """Keep only the decoder layers at ``keep`` (``LayerRemoving``;
+        ``secateurs_transformers.depth``: config lists, ``layer_idx``)."""
+        layers, qualified = decoder_layers(model)
+        remove_layers(model, layers, qualified, keep)
 
     def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None:
         """Update what the modules do not infer from their tensors (``Conv1D.nf``, Phi-3's

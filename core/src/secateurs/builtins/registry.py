@@ -16,6 +16,7 @@ BUILTINS: dict[str, dict[str, dict[str, str]]] = {
     "secateurs.builtins.scorers": {
         "scorer": {"magnitude": "MagnitudeScorer", "random": "RandomScorer", "wanda": "WandaScorer"},
     },
+    "secateurs.builtins.layers": {"scorer": {"block-influence": "BlockInfluence", "skip-loss": "SkipLoss"}},
     "secateurs.builtins.allocators": {"allocator": {"uniform": "UniformAllocator", "global": "GlobalAllocator"}},
     "secateurs.builtins.appliers": {"applier": {"zero": "ZeroApplier"}},
     "secateurs.builtins.sparsegpt": {"applier": {"sparsegpt": "SparseGPTApplier"}},
