@@ -17,6 +17,7 @@ import transformers
 from torch import nn
 
 import secateurs
+from cli_run import run_cli
 from families import DECODERS, _configs, tiny_model, token_batches
 from secateurs.errors import SecateursError
 from secateurs.pipeline import prune_model
@@ -192,6 +193,18 @@ def test_runs_that_cannot_remove_layers_are_refused_before_loading(change, needl
     monkeypatch.setattr("secateurs.run.load_for", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(SecateursError, match=needle):
         secateurs.prune({k: v for k, v in recipe.items() if v is not None}, manager=manager(), progress=False)
+
+
+def test_the_cli_removes_layers_and_says_how_many(tiny_lm_dir, text_file, tmp_path, capsys):
+    recipe = tmp_path / "depth.toml"
+    recipe.write_text(
+        f'model = "{tiny_lm_dir}"\noutput = "{tmp_path / "out"}"\nsparsity = 0.5\ngranularity = "layers"\n'
+        f'scorer = "skip-loss"\n[calibration]\nname = "text"\ncorpus = "{text_file}"\nnsamples = 2\nseqlen = 32\n'
+    )
+    code, out, err = run_cli(["prune", str(recipe), "-q"], capsys)
+    assert code == 0, err
+    assert out.startswith("removed 1 of 2 layers (")
+    assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 1
 
 
 def test_models_whose_layers_compute_with_their_index_are_refused():

@@ -151,9 +151,14 @@ def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> No
         )
     outcome = run_prune(loaded_recipe, overwrite=overwrite, progress=not quiet, reads=[("recipe", recipe)])
     result = outcome.result
+    depth = result.records.get("layers")  # granularity = "layers": secateurs.depth
+    done = (
+        f"removed {len(depth['removed'])} of {depth['layers_before']} layers"
+        if depth
+        else f"pruned {len(result.units)} units to {result.sparsity:.2%} sparsity"
+    )
     click.echo(
-        f"pruned {len(result.units)} units to {result.sparsity:.2%} sparsity "
-        f"({result.params_kept:,} of {result.params_total:,} parameters kept) "
+        f"{done} ({result.params_kept:,} of {result.params_total:,} parameters kept) "
         f"in {result.timings['total']:.1f} s"
     )
     if outcome.before is not None:
