@@ -207,6 +207,13 @@ def test_the_cli_removes_layers_and_says_how_many(tiny_lm_dir, text_file, tmp_pa
     assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 1
 
 
+def test_a_pruning_curve_of_layers_is_refused_before_loading():
+    from secateurs.curve import curve_setup
+
+    with pytest.raises(SecateursError, match=r'depth pruning \(granularity = "layers"\) is not drawn as a curve'):
+        curve_setup({"model": "nowhere", "granularity": "layers", "sparsity": 0.5, "scorer": "block-influence"})
+
+
 def test_models_whose_layers_compute_with_their_index_are_refused():
     model = deep_model("gpt2")
     model.config.scale_attn_by_inverse_layer_idx = True
