@@ -113,9 +113,9 @@ def prune_layers(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | Non
     with torch.no_grad():
         scores = layer_scores(loaded, spec, blocks)
     scored = time.perf_counter()
-    removed = choose_removed(scores, count)
+    removed = set(choose_removed(scores, count))
     sizes = [sum(p.numel() for p in b.module.parameters()) for b in blocks]
-    loaded.adapter.remove_layers(model, [b.index for i, b in enumerate(blocks) if i not in set(removed)])
+    loaded.adapter.remove_layers(model, [b.index for i, b in enumerate(blocks) if i not in removed])
     params_after = sum(p.numel() for p in model.parameters())
     units = [
         UnitReport(b.name, (size,), size, size if i in removed else 0, spec.sparsity)
@@ -124,7 +124,7 @@ def prune_layers(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | Non
     records = merged_records(spec.allocator, spec.scorer)
     records[LAYERS] = {
         "scores": {b.name: s for b, s in zip(blocks, scores, strict=True)},
-        "removed": [blocks[i].name for i in removed],
+        "removed": [blocks[i].name for i in sorted(removed)],
         "layers_before": len(blocks),
         "layers_after": len(blocks) - count,
         "params_before": params_before,
