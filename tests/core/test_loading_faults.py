@@ -9,7 +9,6 @@ and nothing written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import textwrap
@@ -19,8 +18,8 @@ import pytest
 import secateurs
 import torch
 from cli_run import run_cli
-from lm_models import char_tokenizer, tiny_causal_lm
 from secateurs.plugins import reset_manager
+from test_reliability import _refused, _snapshot
 
 
 class Payload:
@@ -49,26 +48,10 @@ FACTORY = textwrap.dedent(
 )
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def _recipe(folder: Path, model: Path | str) -> Path:
     recipe = folder / "recipe.toml"
     recipe.write_text(f'model = "{model}"\noutput = "{folder / "out"}"\nsparsity = 0.5\nscorer = "magnitude"\n')
     return recipe
-
-
-def _refused(capsys, args: list[str], *needles: str) -> str:
-    code, _, err = run_cli(args, capsys)
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    message = err[err.index("error: "):]
-    for needle in needles:
-        assert needle in message, message
-    return message
 
 
 def _lie_about_dtype(weights: Path, name: str) -> None:
@@ -168,16 +151,8 @@ def no_plugins(monkeypatch):
     reset_manager()
 
 
-@pytest.fixture
-def tiny_lm(tmp_path):
-    folder = tmp_path / "tiny-llama"
-    tiny_causal_lm("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
-
-
-def test_a_transformers_folder_names_the_distribution_to_install(tmp_path, tiny_lm, no_plugins, capsys):
-    recipe = _recipe(tmp_path, tiny_lm)
+def test_a_transformers_folder_names_the_distribution_to_install(tmp_path, tiny_lm_dir, no_plugins, capsys):
+    recipe = _recipe(tmp_path, tiny_lm_dir)
     before = _snapshot(tmp_path)
     _refused(capsys, ["prune", str(recipe), "-q"], "no installed adapter supports",
              "config.json with model_type 'llama'", "pip install secateurs-transformers")
