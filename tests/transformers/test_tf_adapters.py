@@ -33,7 +33,7 @@ def test_blocks_units_and_groups(family):
             assert unit.name.startswith(block.name + ".")
         assert [u.role for stage in block.stages for u in block.units if u.name in stage] == roles
         kinds = {g.kind: g for g in block.groups}
-        assert set(kinds) == {"heads", "neurons"} | ({"kv-heads"} if ADAPTER[family] == "decoder" else set())
+        assert set(kinds) == {"heads", "neurons"}
         assert kinds["neurons"].size == config.intermediate_size
         expected_heads = config.num_attention_heads if ADAPTER[family] == "bert" else config.num_key_value_heads
         assert kinds["heads"].size == expected_heads

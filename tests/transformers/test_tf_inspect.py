@@ -24,7 +24,7 @@ def test_describe_reports_units_groups_and_outside_parameters(family):
     config = loaded.model.config
     assert report["adapter"] == ADAPTER[family] and len(report["blocks"]) == config.num_hidden_layers
     block = report["blocks"][0]
-    assert {g["kind"] for g in block["groups"]} == {"heads", "neurons"} | ({"kv-heads"} if ADAPTER[family] == "decoder" else set())
+    assert {g["kind"] for g in block["groups"]} == {"heads", "neurons"}
     assert all(u["sparsity"] == 0 and u["params"] == u["shape"][0] * u["shape"][1] for u in block["units"])
     outside = sum(o["params"] for o in report["not_pruned"])
     inside = sum(b["other_params"] + sum(u["params"] for u in b["units"]) for b in report["blocks"])

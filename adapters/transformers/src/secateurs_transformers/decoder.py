@@ -42,10 +42,6 @@ Structured groups, where the coupling is declared (``LAYOUTS``):
   head width (``head_dim``) and whose norms are per head. Refused, with the reason
   (``structured_refusal``), for the others: GPT-2, GPT-NeoX, Falcon, OPT and StableLM
   (head width derived from the hidden size), OLMo-2 (q/k norms over all heads together).
-* ``kv-heads``: whole grouped-query groups, a key/value head with every query head that
-  shares it (and their ``o_proj`` input columns): the same coupling as ``heads``, declared
-  and refused in the same families, under the name a recipe that shrinks
-  ``num_key_value_heads`` states. Without grouped-query attention a group is one head.
 
 ``layers`` (``granularity = "layers"``): whole decoder layers removed
 (``secateurs_transformers.depth``); the saved config is an ordinary smaller one.
@@ -102,8 +98,6 @@ NO_HEADS = dict.fromkeys(
     "its head width is hidden_size / num_attention_heads, so a model with fewer heads cannot be saved",
 )
 """Families whose attention heads are not declared as groups, and why."""
-HEAD_KINDS = ("heads", "kv-heads")
-"""Group kinds of attention heads: both are one component per key/value head with its query heads."""
 
 
 def _conv1d() -> type:
@@ -325,9 +319,9 @@ def _heads_refusal(model: nn.Module, layer: nn.Module) -> str | None:
     return None
 
 
-def _heads(prefix: str, layer: nn.Module, kind: str) -> Group:
-    """The ``kind`` group (``HEAD_KINDS``): one component per key/value head with its query
-    heads, rows of q, k and v (three spans of a fused ``qkv_proj``), columns of o_proj."""
+def _heads(prefix: str, layer: nn.Module) -> Group:
+    """One component per key/value head with its query heads: rows of q, k and v (three
+    spans of a fused ``qkv_proj``), columns of o_proj."""
     path, attn = _attention(layer)
     head_dim = attn.head_dim
     if hasattr(attn, "qkv_proj"):
@@ -338,8 +332,8 @@ def _heads(prefix: str, layer: nn.Module, kind: str) -> Group:
         kv = attn.k_proj.out_features
         qkv = [ParamSlice(getattr(attn, n), "weight", 0) for n in LLAMA_ATTENTION[:3]]
     return Group(
-        f"{prefix}.{path}.{kind}",
-        kind,
+        f"{prefix}.{path}.heads",
+        "heads",
         kv // head_dim,
         (*qkv, ParamSlice(attn.o_proj, "weight", 1)),
         {"head_dim": head_dim, "query_heads_per_component": attn.num_key_value_groups},
@@ -366,7 +360,7 @@ def _sizes(model: nn.Module, block: Block) -> dict[str, int]:
     for group in block.groups:
         if group.kind == "neurons":
             sizes[NEURON_FIELD.get(model.config.model_type, "intermediate_size")] = group.size
-        elif group.kind in HEAD_KINDS:  # the same tensors: the same sizes
+        else:
             head_dim = group.meta["head_dim"]
             queries = group.slices[0].span
             sizes |= {"num_attention_heads": queries // head_dim, "num_key_value_heads": group.size, "head_dim": head_dim}
@@ -388,7 +382,7 @@ class DecoderAdapter:
     """Adapter for transformers causal LMs (see module docstring)."""
 
     name: str = "decoder"
-    group_kinds: ClassVar[tuple[str, ...]] = (*HEAD_KINDS, "neurons", "layers")
+    group_kinds: ClassVar[tuple[str, ...]] = ("heads", "neurons", "layers")
 
     def describe(self, path: Path) -> ModelFacts | None:
         """The facts of a causal-LM folder from its config (``DescribingAdapter``)."""
@@ -423,7 +417,7 @@ class DecoderAdapter:
                 for k in range(4)
                 if (stage := tuple(u.name for (p, _), u in zip(found, units, strict=True) if _stage(p) == k))
             )
-            groups = [] if _heads_refusal(model, layer) else [_heads(prefix, layer, k) for k in HEAD_KINDS]
+            groups = [] if _heads_refusal(model, layer) else [_heads(prefix, layer)]
             neurons = _neurons(prefix, layer)
             groups += [neurons] if neurons is not None else []
             blocks.append(Block(prefix, i, layer, units, tuple(groups), stages))
@@ -432,7 +426,7 @@ class DecoderAdapter:
     def structured_refusal(self, model: nn.Module, kind: str) -> str | None:
         """Why ``model``'s blocks have no ``kind`` groups (``None``: they have)."""
         layer = decoder_layers(model)[0][0]
-        if kind in HEAD_KINDS:
+        if kind == "heads":
             return _heads_refusal(model, layer)
         if kind == "neurons":
             if _neurons("", layer) is not None:
@@ -441,7 +435,7 @@ class DecoderAdapter:
                 return f"{type(layer).__name__}'s MLP experts are fused 3-D parameters, whose neurons are not declared"
             layouts = "; ".join(f"{'+'.join(p)} -> {c}" for p, c in MLP_LAYOUTS)
             return f"{type(layer).__name__} has no MLP of a declared layout ({layouts}) as nn.Linear/Conv1D"
-        return f"decoder layers have no {kind!r} groups (only {', '.join(HEAD_KINDS)} and neurons)"
+        return f"decoder layers have no {kind!r} groups (only heads and neurons)"
 
     def layer_refusal(self, model: nn.Module) -> str | None:
         """Why ``model``'s decoder layers cannot be removed (``LayerRemoving``)."""

@@ -1,6 +1,6 @@
-"""``granularity = "kv-heads"``: whole grouped-query groups (a key/value head with every
-query head that shares it, and their ``o_proj`` input columns) removed from every decoder
-family whose coupling is declared, on the tiny random models of ``families.py`` (4 query
+"""Decoder ``heads`` groups are whole grouped-query groups (a key/value head with every
+query head that shares it, and their ``o_proj`` input columns: what shrinking
+``num_key_value_heads`` removes), removed from every decoder family whose coupling is declared, on the tiny random models of ``families.py`` (4 query
 heads sharing 2 key/value heads, head width 8): zero = remove, the saved folder reloads
 with plain ``AutoModelForCausalLM.from_pretrained`` (same logits, the report's parameter
 count, generation with the cache), per-layer sizes through ``secateurs_resized``, and a
@@ -21,7 +21,7 @@ from secateurs.pipeline import prune_model
 from secateurs.protocols import LoadedModel
 from tf_models import manager, spec
 
-KIND = "kv-heads"
+KIND = "heads"
 REFUSED = ("olmo2", "stablelm", "opt", "gpt2", "gpt_neox", "falcon")
 DECLARED = tuple(f for f in DECODERS if f not in REFUSED)
 SEQLEN = 20
@@ -97,6 +97,6 @@ def test_families_without_declared_groups_are_refused_with_the_reason(family):
 def test_a_run_that_removes_no_group_is_refused():
     lm = loaded("llama")
     before = {n: p.clone() for n, p in lm.model.named_parameters()}
-    with pytest.raises(SecateursError, match="nothing was pruned: at sparsity 0.1 every kv-heads group"):
+    with pytest.raises(SecateursError, match="nothing was pruned: at sparsity 0.1 every heads group"):
         prune_model(lm, spec("remove", KIND, sparsity=0.1))
     assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
