@@ -7,8 +7,8 @@
   or Inf, read in fixed-size chunks with plain reads (bounded memory; the file's pages
   stay in the page cache, not in the process); ``nonfinite_tensors`` does the same for
   tensors in memory; ``warn_nonfinite`` is the one warning line naming them.
-- ``unsafe_pickle`` / ``unsafe_pickle_error``: a pickled checkpoint that ``torch.load(...,
-  weights_only=True)`` refused (it holds Python objects), and the one line saying so.
+- ``unsafe_pickle`` / ``unsafe_pickle_error``: a pickled checkpoint that weights-only loading
+  (``weights_only=True``) refused (it holds Python objects), and the one line saying so.
 
 Damaged files (a header that does not parse, data past the end) are refused with one line
 saying the file is truncated or corrupt.
