@@ -27,7 +27,7 @@ from secateurs.errors import SecateursError
 from secateurs.offload import materialized
 from secateurs.preflight import check_plan, layers_to_remove
 from secateurs.protocols import LayerContext, LayerRemoving, LoadedModel, PreparingScorer, merged_records
-from secateurs.types import LAYERS, Block, PruneResult, RunPlan, UnitReport
+from secateurs.types import LAYERS, Block, PruneResult, UnitReport
 
 if TYPE_CHECKING:
     from secateurs.pipeline import PruneSpec
@@ -36,10 +36,7 @@ if TYPE_CHECKING:
 def check_layers(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None = None) -> list[Block]:
     """Check a ``layers`` run before any work on the model (``SecateursError`` naming what
     is wrong); return its blocks (``blocks``, else the adapter's)."""
-    check_plan(
-        RunPlan(spec.sparsity, spec.granularity, spec.scorer, spec.applier, calibrated=bool(spec.calibration)),
-        spec.allocator,
-    )
+    check_plan(spec.plan(), spec.allocator)
     if spec.targets is not None:
         raise SecateursError(f'granularity = "{LAYERS}" removes the adapter\'s blocks; leave out `targets`')
     adapter = loaded.adapter

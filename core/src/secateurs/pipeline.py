@@ -82,6 +82,10 @@ class PruneSpec:
     def needed_stats(self) -> set[str]:
         return (set(self.scorer.requires) | set(self.applier.requires)) & {STAT_SQ_NORM, STAT_HESSIAN}
 
+    def plan(self) -> RunPlan:
+        """The run as the checks that need no model see it (``preflight.check_plan``)."""
+        return RunPlan(self.sparsity, self.granularity, self.scorer, self.applier, calibrated=bool(self.calibration))
+
 
 def target_blocks(model: nn.Module, patterns: Sequence[str], exclude: Sequence[str] = ()) -> list[Block]:
     """One pseudo-block, the whole model, holding every parameter whose name matches
@@ -417,10 +421,7 @@ def check_spec(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None 
     ``secateurs.depth.check_layers``."""
     if spec.granularity == LAYERS:
         return check_layers(loaded, spec, blocks)
-    check_plan(
-        RunPlan(spec.sparsity, spec.granularity, spec.scorer, spec.applier, calibrated=bool(spec.calibration)),
-        spec.allocator,
-    )
+    check_plan(spec.plan(), spec.allocator)
     model = loaded.model
     if blocks is None:
         blocks = (
