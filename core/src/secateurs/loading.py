@@ -31,7 +31,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 ADAPTER_GUIDE = '"Writing an architecture adapter" in the secateurs documentation (an adapter is a plugin like any other)'
 
 
-def _adapters(manager: PluginManager, name: str | None) -> Iterator[Adapter]:
+def candidate_adapters(manager: PluginManager, name: str | None = None) -> Iterator[Adapter]:
     """The named adapter, or every installed one with generic adapters (``GenericAdapter``
     with ``generic = True``, such as ``module``) after the architecture ones. Each is
     created when reached, so a caller that stops at the first that fits never imports the
@@ -93,7 +93,7 @@ def find_adapter(model: nn.Module, name: str | None = None, manager: PluginManag
     """The first installed adapter (or the one named) that supports ``model``."""
     manager = manager or get_manager()
     reasons = []
-    for adapter in _adapters(manager, name):
+    for adapter in candidate_adapters(manager, name):
         if adapter.supports(model):
             return adapter
         reasons.append((adapter.name, _why_not_supported(adapter, model)))
@@ -199,7 +199,7 @@ def load(
         loaded.extra[FACTORY_KEY] = f"{Path(factory['file']).expanduser().resolve()}:{factory['name']}"
         return loaded
     path = resolve_source(source, manager)
-    candidates = _adapters(manager, adapter)
+    candidates = candidate_adapters(manager, adapter)
     reasons = []
     for candidate in candidates:
         if budget is None:

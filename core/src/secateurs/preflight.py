@@ -106,10 +106,10 @@ def check_granularity(granularity: str, manager: PluginManager, adapter: str | N
     (``GroupingAdapter``) may define any, so then nothing is refused here."""
     if granularity == UNSTRUCTURED:
         return
-    names = [adapter] if adapter is not None else manager.adapters.names()
+    from secateurs.loading import candidate_adapters
+
     declared: set[str] = set()
-    for name in names:
-        part = manager.adapters.create(name)
+    for part in candidate_adapters(manager, adapter):
         if not isinstance(part, GroupingAdapter):
             return
         declared.update(part.group_kinds)
@@ -125,14 +125,13 @@ def model_facts(source: str | None, manager: PluginManager, adapter: str | None 
     ``None`` when none can. Reads no weight."""
     if source is None:
         return None
-    from secateurs.loading import resolve_source
+    from secateurs.loading import candidate_adapters, resolve_source
 
     path = Path(str(source)).expanduser()
     if not path.exists() and str(source) not in manager.models:
         return None  # a factory "file.py:name", or a missing model ``load`` reports
     path = resolve_source(source, manager)
-    for name in [adapter] if adapter is not None else manager.adapters.names():
-        part = manager.adapters.create(name)
+    for part in candidate_adapters(manager, adapter):  # created as reached: stops at the first that knows it
         facts = part.describe(path) if isinstance(part, DescribingAdapter) else None
         if facts is not None:
             return attrs.evolve(facts, source=str(source))  # named as the user gave it
