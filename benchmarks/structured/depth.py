@@ -92,13 +92,11 @@ def prune_all(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _median_seconds(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def _seconds(fn) -> float:
+    """Wall seconds of one call of ``fn``."""
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
 
 
 def time_all(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
@@ -122,10 +120,10 @@ def time_all(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         for _ in range(args.reps):
             for row in rows:
                 model = models[row["model"]]
-                row["prefill"].append(_median_seconds(lambda m=model: m(prompt), 1))
-                row["decode"].append(_median_seconds(
+                row["prefill"].append(_seconds(lambda m=model: m(prompt)))
+                row["decode"].append(_seconds(
                     lambda m=model: m.generate(short, max_new_tokens=args.decode, min_new_tokens=args.decode,
-                                               do_sample=False, pad_token_id=0), 1))
+                                               do_sample=False, pad_token_id=0)))
     for row in rows:
         row["prefill_tok_s"] = args.prefill / statistics.median(row.pop("prefill"))
         row["decode_tok_s"] = args.decode / statistics.median(row.pop("decode"))
