@@ -210,7 +210,7 @@ def test_the_cli_removes_layers_and_says_how_many(tiny_lm_dir, text_file, tmp_pa
 def test_a_pruning_curve_of_layers_is_refused_before_loading():
     from secateurs.curve import curve_setup
 
-    with pytest.raises(SecateursError, match=r'depth pruning \(granularity = "layers"\) is not drawn as a curve'):
+    with pytest.raises(SecateursError, match=r'\(granularity = "layers"\) is not drawn as a curve'):
         curve_setup({"model": "nowhere", "granularity": "layers", "sparsity": 0.5, "scorer": "block-influence"})
 
 

@@ -31,7 +31,7 @@ from secateurs.plugins import PluginManager, get_manager
 from secateurs.protocols import Evaluator, LoadedModel, ScoreContext
 from secateurs.recipe import Recipe
 from secateurs.run import as_recipe, build_parts, create_part, load_for, spec_for
-from secateurs.types import LAYERS, Group, Unit
+from secateurs.types import HIDDEN, LAYERS, Group, Unit
 
 DEFAULT_RATES = tuple(round(0.05 * i, 2) for i in range(20))
 
@@ -136,10 +136,11 @@ def curve_setup(
     ``[evaluate]`` part (e.g. a held-out subset)."""
     manager = manager or get_manager()
     recipe = as_recipe(recipe)
-    if recipe.granularity == LAYERS:
+    recipe.require_single("a pruning curve")
+    if recipe.granularity in (LAYERS, HIDDEN):
         raise SecateursError(
-            'a pruning curve prunes nested masks from fixed scores; depth pruning (granularity = "layers") '
-            "is not drawn as a curve yet: run `secateurs prune` at each rate"
+            "a pruning curve prunes nested masks from fixed scores; removing layers or hidden channels "
+            f'(granularity = "{recipe.granularity}") is not drawn as a curve yet: run `secateurs prune` at each rate'
         )
     parts = build_parts(recipe, manager, progress=False, calibration=calibration)
     evaluator = evaluator if evaluator is not None else parts.evaluator

@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from secateurs.block_inputs import Inputs, _split, _template, capture_inputs
+from secateurs.block_inputs import _split, _template
+from secateurs.dense_pass import dense_pass
 from secateurs.errors import SecateursError
-from secateurs.offload import materialized
 from secateurs.preflight import check_plan, layers_to_remove
 from secateurs.protocols import LayerContext, LayerRemoving, LoadedModel, PreparingScorer, merged_records
 from secateurs.types import LAYERS, Block, PruneResult, UnitReport
@@ -55,22 +54,13 @@ def layer_scores(loaded: LoadedModel, spec: PruneSpec, blocks: Sequence[Block]) 
     scorer = spec.scorer
     if isinstance(scorer, PreparingScorer):
         scorer.prepare(loaded, spec.calibration)
-    adapter = loaded.adapter
-    inputs = Inputs()
-    if spec.calibration:
-        modules = [b.module for b in blocks]
-        inputs = capture_inputs(lambda batch: adapter.forward(loaded.model, batch), modules, adapter.block_output,
-                                spec.calibration)
     scores = []
-    for block in tqdm(blocks, desc="scoring layers", unit="block", disable=not spec.progress):
-        with materialized(block.module, writeback=False):
-            outputs = [adapter.block_output(block.module(*args, **kwargs)) for args, kwargs in inputs]
-            ctx = LayerContext(inputs.hidden, outputs, loaded, spec.calibration)
-            score = float(scorer.score_layer(block, ctx))
+    for block, inputs, outputs in dense_pass(loaded, blocks, spec.calibration, desc="scoring layers",
+                                             progress=spec.progress):
+        score = float(scorer.score_layer(block, LayerContext(inputs.hidden, outputs, loaded, spec.calibration)))
         if not math.isfinite(score):
             raise SecateursError(f"the scorer gave layer {block.name} the score {score}; scores must be finite")
         scores.append(score)
-        inputs = inputs.following(outputs)
     return scores
 
 

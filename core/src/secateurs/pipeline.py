@@ -47,12 +47,13 @@ from secateurs.protocols import (
     merged_records,
 )
 from secateurs.depth import check_layers, prune_layers
+from secateurs.width import check_hidden, prune_hidden
 from secateurs.masks import keep_counts, row_ranks
 from secateurs.offload import materialized
 from secateurs.stats import StatsComplete, collect_stats
-from secateurs.structured import entry_layout, removed_entries
+from secateurs.structured import entry_layout, reading_stats, removed_entries
 from secateurs.preflight import check_plan
-from secateurs.types import LAYERS, Allocation, Block, Group, InputStats, PruneResult, RunPlan, Unit, UnitReport
+from secateurs.types import HIDDEN, LAYERS, Allocation, Block, Group, InputStats, PruneResult, RunPlan, Unit, UnitReport
 
 @attrs.define(eq=False)
 class PruneSpec:
@@ -267,7 +268,8 @@ class Session:
         with torch.no_grad(), self.timed("score"):
             for target in self.targets(block):
                 if isinstance(target, Group):
-                    scores[target.name] = scorer.score_group(target, self._score_context(target, stats, None))
+                    ctx = self._score_context(target, stats, None, block.units)
+                    scores[target.name] = scorer.score_group(target, ctx)
                     continue
                 keep = None
                 if allocation is not None and scorer.selects:
@@ -275,13 +277,18 @@ class Session:
                 scores[target.name] = scorer.score(target, self._score_context(target, stats, keep))
         return scores
 
-    def _score_context(self, target: Unit | Group, stats: Mapping[str, InputStats], keep) -> ScoreContext:
+    def _score_context(
+        self, target: Unit | Group, stats: Mapping[str, InputStats], keep, units: Sequence[Unit] = ()
+    ) -> ScoreContext:
+        """A unit's context holds its own statistics; a group's, those of its reading unit
+        among ``units`` (the block's), over the group's span (``structured.reading_stats``)."""
         reference = None
         if isinstance(target, Unit) and NEEDS_REFERENCE in self.spec.scorer.requires:
             reference = self.reference(target)
         device = target.weight.device if isinstance(target, Unit) else "cpu"
         gen = torch.Generator(device=device).manual_seed(self._next_seed())
-        return ScoreContext(stats=stats.get(target.name), reference=reference, keep=keep, generator=gen)
+        own = stats.get(target.name) if isinstance(target, Unit) else reading_stats(target, units, stats)
+        return ScoreContext(stats=own, reference=reference, keep=keep, generator=gen)
 
     def _next_seed(self) -> int:
         return int(torch.randint(0, 2**62, (1,), generator=self._generator))
@@ -418,9 +425,12 @@ def check_spec(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None 
     """Check the run before any work on the model (sparsity, parts, granularity, hookable
     units: ``SecateursError`` naming what is wrong); return the blocks it prunes
     (``blocks``, else the recipe's targets, else the adapter's blocks). ``layers`` runs:
-    ``secateurs.depth.check_layers``."""
+    ``secateurs.depth.check_layers``; ``hidden`` runs: ``secateurs.width.check_hidden``."""
     if spec.granularity == LAYERS:
         return check_layers(loaded, spec, blocks)
+    if spec.granularity == HIDDEN:
+        check_hidden(loaded, spec)
+        return loaded.adapter.blocks(loaded.model) if blocks is None else blocks
     check_plan(spec.plan(), spec.allocator)
     model = loaded.model
     if blocks is None:
@@ -481,10 +491,13 @@ def prune_model(loaded: LoadedModel, spec: PruneSpec, blocks: list[Block] | None
     """Prune ``loaded.model`` in place according to ``spec``; return what was done.
 
     The model object is modified: copy it first if you need the original. ``layers`` runs
-    remove whole blocks (``secateurs.depth.prune_layers``).
+    remove whole blocks (``secateurs.depth.prune_layers``), ``hidden`` runs narrow the
+    residual stream (``secateurs.width.prune_hidden``).
     """
     if spec.granularity == LAYERS:
         return prune_layers(loaded, spec, blocks)
+    if spec.granularity == HIDDEN:
+        return prune_hidden(loaded, spec)
     params_total = sum(p.numel() for p in loaded.model.parameters())
     start = time.perf_counter()
     session = _open_session(loaded, spec, blocks)

@@ -28,8 +28,9 @@ from secateurs.protocols import (
     GroupingAdapter,
     LayerScorer,
     ModelChecking,
+    StructuredScorer,
 )
-from secateurs.types import LAYERS, UNSTRUCTURED, ModelFacts, RunPlan
+from secateurs.types import HIDDEN, LAYERS, UNSTRUCTURED, ModelFacts, RunPlan
 from secateurs.validators import check_sparsity
 
 
@@ -37,8 +38,9 @@ def check_plan(plan: RunPlan, allocator: Any) -> None:
     """What a run's parts say of each other and of the target, before any model exists:
     the sparsity, a selecting scorer with an allocator that needs scores, calibration for
     the statistics the scorer or applier needs, and the allocator's own ``check``
-    (``CheckingAllocator``); for ``layers`` runs, a layer scorer and no allocator or applier
-    but the defaults (``check_layer_plan``)."""
+    (``CheckingAllocator``); for ``layers`` and ``hidden`` runs, a scorer of layers or of
+    groups and no allocator or applier but the defaults (``check_layer_plan``,
+    ``check_hidden_plan``)."""
     check_sparsity(plan.sparsity)
     if plan.granularity == LAYERS:
         check_layer_plan(plan, allocator)
@@ -47,6 +49,8 @@ def check_plan(plan: RunPlan, allocator: Any) -> None:
             f"this scorer scores whole layers, not {plan.granularity} entries or groups; "
             f'set granularity = "{LAYERS}" or pick another scorer'
         )
+    if plan.granularity == HIDDEN:
+        check_hidden_plan(plan, allocator)
     if plan.scorer.selects and allocator.needs_scores:
         raise SecateursError(
             "this scorer selects entries given each row's keep count, so it needs an allocator "
@@ -59,12 +63,13 @@ def check_plan(plan: RunPlan, allocator: Any) -> None:
         allocator.check(plan)
 
 
-LAYER_PARTS = {
+WHOLE_MODEL_PARTS = {
     "allocator": ("secateurs.builtins.allocators:UniformAllocator",),
     "applier": ("secateurs.builtins.appliers:ZeroApplier", "secateurs.builtins.remove:RemoveApplier"),
 }
-"""The parts a ``layers`` run accepts besides its scorer (the recipe's defaults, and
-``remove``): the run decides and removes the layers itself (``secateurs.depth``)."""
+"""The parts a ``layers`` or ``hidden`` run accepts besides its scorer (the recipe's
+defaults, and ``remove``): the run decides and removes the layers or channels itself
+(``secateurs.depth``, ``secateurs.width``)."""
 
 
 def check_layer_plan(plan: RunPlan, allocator: Any) -> None:
@@ -75,10 +80,25 @@ def check_layer_plan(plan: RunPlan, allocator: Any) -> None:
             f'this scorer cannot score whole layers (granularity = "{LAYERS}"); '
             "use 'block-influence' or 'skip-loss', or a plugin scorer with score_layer"
         )
+    _check_default_parts(plan, allocator, "removes the lowest-scored layers itself")
+
+
+def check_hidden_plan(plan: RunPlan, allocator: Any) -> None:
+    """A ``hidden`` run scores the hidden channels as one group (a ``StructuredScorer``) and
+    uses neither an allocator nor an applier of its own."""
+    if not isinstance(plan.scorer, StructuredScorer):
+        raise SecateursError(
+            f'this scorer cannot score hidden channels (granularity = "{HIDDEN}"); use '
+            "'activation', 'magnitude' or 'random', or a plugin scorer with score_group"
+        )
+    _check_default_parts(plan, allocator, "removes the lowest-scored hidden channels of the whole model itself")
+
+
+def _check_default_parts(plan: RunPlan, allocator: Any, what: str) -> None:
     for kind, part in (("allocator", allocator), ("applier", plan.applier)):
-        if f"{type(part).__module__}:{type(part).__qualname__}" not in LAYER_PARTS[kind]:
+        if f"{type(part).__module__}:{type(part).__qualname__}" not in WHOLE_MODEL_PARTS[kind]:
             raise SecateursError(
-                f'granularity = "{LAYERS}" removes the lowest-scored layers itself; leave out the '
+                f'granularity = "{plan.granularity}" {what}; leave out the '
                 f"recipe's {kind} (its {type(part).__name__} is not used)"
             )
 

@@ -54,7 +54,8 @@ class LoadedModel:
 class ScoreContext:
     """What a scorer may use besides the unit's weight.
 
-    ``stats``: the unit's input statistics (``None`` for data-free scorers).
+    ``stats``: the unit's input statistics (``None`` for data-free scorers); for a group,
+    those of its reading unit over the group's span (``structured.reading_stats``).
     ``reference``: the same-named tensor of the recipe's reference model (for example the
     pre-trained model KEN restores to), when the scorer requires ``"reference"``.
     ``keep``: per-row keep counts, set only for scorers whose selection depends on them
@@ -121,8 +122,9 @@ class Adapter(Protocol):
     Optional members: ``ResizingAdapter`` (``resized``), ``ExplainingAdapter``
     (``explain``), ``ExplainingLoader`` (``explain_load``), ``BudgetLoader``
     (``load_within``), ``StructuredRefusing`` (``structured_refusal``), ``GenericAdapter``
-    (``generic``), ``DescribingAdapter`` (``describe``) and ``GroupingAdapter``
-    (``group_kinds``).
+    (``generic``), ``DescribingAdapter`` (``describe``), ``GroupingAdapter``
+    (``group_kinds``), ``LayerRemoving`` (``remove_layers``, ``layer_refusal``) and
+    ``WidthPruning`` (``hidden_group``, ``hidden_refusal``, ``remove_hidden``).
     """
 
     name: str
@@ -373,6 +375,29 @@ class LayerRemoving(Protocol):
 
 
 @runtime_checkable
+class WidthPruning(Protocol):
+    """An adapter that narrows the residual stream (``granularity = "hidden"``,
+    ``secateurs.width``).
+
+    ``hidden_group(model)`` is one ``Group`` of kind ``"hidden"`` whose components are the
+    hidden channels: every tensor entry that reads or writes the residual stream (embeddings,
+    the norms over it, the input columns of every projection reading it, the output rows of
+    every projection writing it, an untied ``lm_head``). Zeroing a component's entries makes
+    the channel identically zero through the whole model. ``hidden_refusal(model)`` says why
+    a model cannot be narrowed (``None``: it can); runs ask it before any work.
+    ``remove_hidden(model, keep)`` removes the channels not in ``keep`` (bool ``[size]``) and
+    updates what depends on the width (module sizes, the config, norm and embedding scales),
+    so that the smaller model computes what the zeroed one does (up to each norm's epsilon)
+    and its saved folder reloads as an ordinary smaller model."""
+
+    def hidden_refusal(self, model: nn.Module) -> str | None: ...
+
+    def hidden_group(self, model: nn.Module) -> Group: ...
+
+    def remove_hidden(self, model: nn.Module, keep: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
 class GenericAdapter(Protocol):
     """An adapter that supports models no architecture adapter knows (the core's
     ``module``): when ``generic`` is true it is tried after every other adapter, and a
@@ -507,6 +532,7 @@ OPTIONAL: dict[type, tuple[type, ...]] = {
         DescribingAdapter,
         GroupingAdapter,
         LayerRemoving,
+        WidthPruning,
     ),
     Scorer: (StructuredScorer, LayerScorer, PreparingScorer, Recording),
     Allocator: (CheckingAllocator, Recording),

@@ -9,8 +9,9 @@ Removal API (used by the ``remove`` applier and by adapters)::
     touched = remove_components([(group, keep), ...])   # keep: bool [group.size]
 
 slices every coupled tensor in place (several slices of one tensor, such as a fused query/key/value
-weight, are cut together), then rewrites the size attributes of the touched standard modules
-(``sync_sizes``: ``nn.Linear``, ``nn.Conv*``, ``nn.BatchNorm*``, ``nn.LayerNorm``).
+weight, are cut together), then rewrites the size attributes of the touched modules (``sync_sizes``: ``nn.Linear``,
+``nn.Conv*``, ``nn.Embedding``, norms, and every module type an adapter registers with
+``register_size_sync``).
 Modules keep their identity (their parameters are replaced, not the modules), so every
 ``Unit``/``Group``/hook that refers to them stays valid; architecture attributes beyond
 these (head counts, configs) are the adapter's job (``Adapter.resized``).
@@ -24,14 +25,14 @@ the same companions, so zeroing and removing a component give the same outputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 import torch
 from torch import nn
 
 from secateurs.errors import SecateursError
-from secateurs.types import Group, ParamSlice
+from secateurs.types import Group, InputStats, ParamSlice, Unit
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 _CONVS = nn.modules.conv._ConvNd
@@ -62,6 +63,41 @@ def component_view(group: Group, s: ParamSlice) -> torch.Tensor:
 def entry_mask(group: Group, s: ParamSlice, keep: torch.Tensor) -> torch.Tensor:
     """Bool mask over the slice's ``span`` entries along ``slice.dim`` from a per-component ``keep``."""
     return keep.to(torch.bool).repeat_interleave(slice_width(group, s))
+
+
+def reading_slice(group: Group, units: Iterable[Unit]) -> tuple[Unit, ParamSlice] | None:
+    """The group's *reading unit* (the unit whose module reads the group's components as
+    input features: ``o_proj`` for heads, ``down_proj`` for neurons, the next conv for
+    channels) and the group's slice of it; ``None`` when no unit of ``units`` is one.
+
+    The slice lies along the unit's input dimension: dim 1 of a ``nn.Linear``/conv weight,
+    dim 0 of a ``transposed`` unit's stored parameter (``Conv1D``). Grouped convolutions are
+    skipped: their weight's input dimension holds one group's channels, not the input's.
+    """
+    by_tensor = {(id(u.module), u.param): u for u in units}
+    for s in group.slices:
+        unit = by_tensor.get((id(s.module), s.param))
+        if unit is None or getattr(unit.module, "groups", 1) != 1:
+            continue
+        if unit.parameter.dim() >= 2 and s.dim == (0 if unit.transposed else 1):
+            return unit, s
+    return None
+
+
+def reading_stats(group: Group, units: Iterable[Unit], stats: Mapping[str, InputStats]) -> InputStats | None:
+    """The input statistics of the group's reading unit (``reading_slice``) restricted to
+    the group's span of its input features (``sq_norm[start:start + span]``, and the
+    Hessian's ``[span, span]`` block when collected): ``group.size * width`` entries,
+    component ``c`` owning the ``c``-th ``width`` of them. ``None`` when the group has no
+    reading unit among ``units`` or ``stats`` holds none for it (a data-free run)."""
+    found = reading_slice(group, units)
+    if found is None or found[0].name not in stats:
+        return None
+    unit, s = found
+    full = stats[unit.name]
+    end = s.start + s.span
+    hessian = None if full.hessian is None else full.hessian[s.start : end, s.start : end]
+    return InputStats(full.sq_norm[s.start : end], full.nsamples, full.ntokens, hessian)
 
 
 def coupled_slices(group: Group) -> list[ParamSlice]:
@@ -202,30 +238,77 @@ def resize_tensor(module: nn.Module, name: str, shape: Sequence[int]) -> None:
         _set_tensor(module, name, torch.empty(tuple(shape), dtype=old.dtype, device=old.device))
 
 
-def sync_sizes(module: nn.Module) -> None:
-    """Rewrite the size attributes of a standard module from its tensors (idempotent).
+SizeSync = Callable[[nn.Module], None]
+"""Rewrites a module's size attributes from its tensors, in place (idempotent)."""
+_SIZE_SYNCS: dict[type, SizeSync] = {}
 
-    ``nn.Linear``: ``in/out_features``; ``nn.Conv*``: ``in/out_channels`` (a depthwise
-    conv stays depthwise); norms: ``num_features`` / ``normalized_shape`` /
-    ``num_channels``. Other modules are left alone.
+
+def register_size_sync(module_type: type, sync: SizeSync) -> None:
+    """Make ``sync_sizes`` call ``sync`` for modules of ``module_type`` (and its subclasses,
+    unless a subclass has its own): how an adapter teaches removal the size attributes of
+    its architecture's own module types (``Conv1D.nf``, a router's ``hidden_dim``...).
+    Registering a type again replaces its sync."""
+    _SIZE_SYNCS[module_type] = sync
+
+
+def sync_sizes(module: nn.Module) -> None:
+    """Rewrite the size attributes of ``module`` from its tensors (idempotent), with the
+    sync registered for the nearest type in its MRO (``register_size_sync``); modules of
+    no registered type are left alone.
+
+    Built in: ``nn.Linear`` (``in/out_features``), ``nn.Conv*`` (``in/out_channels``; a
+    depthwise conv stays depthwise), ``nn.Embedding`` (``embedding_dim``), norms
+    (``num_features`` / ``normalized_shape`` / ``num_channels``).
     """
-    if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, _CONVS):
-        out, per_group = module.weight.shape[:2]
-        if module.transposed:
-            raise SecateursError("removing channels of transposed convolutions is not supported")
-        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-        if depthwise:
-            module.groups = out
-        elif module.groups > 1 and out != module.out_channels:
-            raise SecateursError("removing channels of grouped (non-depthwise) convolutions is not supported")
-        module.out_channels, module.in_channels = out, per_group * module.groups
-    elif isinstance(module, nn.modules.batchnorm._NormBase):
-        ref = module.weight if module.weight is not None else module.running_mean
-        if ref is not None:
-            module.num_features = ref.shape[0]
-    elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+    for cls in type(module).__mro__:
+        sync = _SIZE_SYNCS.get(cls)
+        if sync is not None:
+            sync(module)
+            return
+
+
+def _sync_linear(module: nn.Linear) -> None:
+    module.out_features, module.in_features = module.weight.shape
+
+
+def _sync_conv(module: nn.modules.conv._ConvNd) -> None:
+    out, per_group = module.weight.shape[:2]
+    if module.transposed:
+        raise SecateursError("removing channels of transposed convolutions is not supported")
+    depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    if depthwise:
+        module.groups = out
+    elif module.groups > 1 and out != module.out_channels:
+        raise SecateursError("removing channels of grouped (non-depthwise) convolutions is not supported")
+    module.out_channels, module.in_channels = out, per_group * module.groups
+
+
+def _sync_batch_norm(module: nn.modules.batchnorm._NormBase) -> None:
+    ref = module.weight if module.weight is not None else module.running_mean
+    if ref is not None:
+        module.num_features = ref.shape[0]
+
+
+def _sync_layer_norm(module: nn.LayerNorm) -> None:
+    if module.weight is not None:
         module.normalized_shape = tuple(module.weight.shape)
-    elif isinstance(module, nn.GroupNorm) and module.weight is not None:
+
+
+def _sync_group_norm(module: nn.GroupNorm) -> None:
+    if module.weight is not None:
         module.num_channels = module.weight.shape[0]
+
+
+def _sync_embedding(module: nn.Embedding) -> None:
+    module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
+for _type, _sync in (
+    (nn.Linear, _sync_linear),
+    (_CONVS, _sync_conv),
+    (nn.modules.batchnorm._NormBase, _sync_batch_norm),
+    (nn.LayerNorm, _sync_layer_norm),
+    (nn.GroupNorm, _sync_group_norm),
+    (nn.Embedding, _sync_embedding),
+):
+    register_size_sync(_type, _sync)

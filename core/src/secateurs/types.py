@@ -17,6 +17,9 @@ UNSTRUCTURED = "unstructured"
 """The granularity that prunes entries of units (the others are group kinds)."""
 LAYERS = "layers"
 """The granularity that removes whole blocks (``secateurs.depth``), not components inside them."""
+HIDDEN = "hidden"
+"""The granularity that narrows the residual stream of the whole model (``secateurs.width``):
+one group whose components are the hidden channels, shared by every block."""
 
 
 @attrs.frozen(eq=False)

@@ -80,7 +80,9 @@ from secateurs_transformers.common import (
     record_layer_sizes,
     save_folder,
 )
+from secateurs_transformers import width
 from secateurs_transformers.depth import remove_layers, removal_refusal
+from secateurs_transformers.layouts import DERIVED_HEAD_WIDTH
 from secateurs_transformers.secateurs_resized import LAYER_SIZES, stock_class
 
 ATTENTION_INPUTS = frozenset(
@@ -93,11 +95,6 @@ FUSED_ATTENTION = ("qkv_proj", "o_proj")
 """Phi-3 layout: one ``qkv_proj`` (query rows, then key rows, then value rows) and ``o_proj``."""
 NEURON_FIELD = {"opt": "ffn_dim", "gpt2": "n_inner", "falcon": "ffn_hidden_size"}
 """Config field of the MLP width, by ``model_type`` (default ``intermediate_size``)."""
-NO_HEADS = dict.fromkeys(
-    ("gpt2", "gpt_neox", "falcon", "opt", "stablelm"),
-    "its head width is hidden_size / num_attention_heads, so a model with fewer heads cannot be saved",
-)
-"""Families whose attention heads are not declared as groups, and why."""
 
 
 def _conv1d() -> type:
@@ -306,8 +303,8 @@ def _attention(layer: nn.Module) -> tuple[str, nn.Module] | None:
 
 def _heads_refusal(model: nn.Module, layer: nn.Module) -> str | None:
     model_type = getattr(model.config, "model_type", "")
-    if model_type in NO_HEADS:
-        return f"{model_type}: {NO_HEADS[model_type]}"
+    if model_type in DERIVED_HEAD_WIDTH:
+        return f"{model_type}: {DERIVED_HEAD_WIDTH[model_type]}, so a model with fewer heads cannot be saved"
     found = _attention(layer)
     if found is None:
         layouts = f"{'/'.join(LLAMA_ATTENTION)} or {'/'.join(FUSED_ATTENTION)}"
@@ -382,7 +379,7 @@ class DecoderAdapter:
     """Adapter for transformers causal LMs (see module docstring)."""
 
     name: str = "decoder"
-    group_kinds: ClassVar[tuple[str, ...]] = ("heads", "neurons", "layers")
+    group_kinds: ClassVar[tuple[str, ...]] = ("heads", "neurons", "layers", "hidden")
 
     def describe(self, path: Path) -> ModelFacts | None:
         """The facts of a causal-LM folder from its config (``DescribingAdapter``)."""
@@ -401,6 +398,7 @@ class DecoderAdapter:
         return self.explain(model) is None
 
     def blocks(self, model: nn.Module) -> list[Block]:
+        width.register_size_syncs()
         layers, base = decoder_layers(model)
         blocks = []
         for i, layer in enumerate(layers):
@@ -448,14 +446,24 @@ class DecoderAdapter:
         remove_layers(model, layers, qualified, keep)
 
     def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None:
-        """Update what the modules do not infer from their tensors (``Conv1D.nf``, Phi-3's
-        head counts) and record the layers' new sizes in ``model.config``."""
-        for unit in block.units:
-            if unit.transposed:
-                unit.module.nf = unit.parameter.shape[1]
+        """Update what the modules do not infer from their tensors (Phi-3's head counts; module
+        sizes such as ``Conv1D.nf`` are synced on removal, ``width.register_size_syncs``) and
+        record the layers' new sizes in ``model.config``."""
         _sync_fused_attention(block.module)
         sizes = [_sizes(model, b) for b in self.blocks(model)]
         record_layer_sizes(model.config, sizes, set(sizes[0]))
+
+    def hidden_refusal(self, model: nn.Module) -> str | None:
+        """Why ``model``'s residual stream cannot be narrowed (``WidthPruning``)."""
+        return width.hidden_refusal(model)
+
+    def hidden_group(self, model: nn.Module) -> Group:
+        """The hidden channels as one group (``WidthPruning``; ``secateurs_transformers.width``)."""
+        return width.hidden_group(model)
+
+    def remove_hidden(self, model: nn.Module, keep: torch.Tensor) -> None:
+        """Remove the hidden channels not in ``keep`` (``WidthPruning``)."""
+        width.remove_hidden(model, keep)
 
     def forward(self, model: nn.Module, batch: Any) -> Any:
         input_ids = batch["input_ids"].to(model_device(model))
