@@ -130,7 +130,7 @@ def test_a_name_registered_twice_is_reported_against_the_later_plugin():
 
 def test_unknown_name_lists_the_installed_ones():
     manager = PluginManager(load_entry_points=False)
-    with pytest.raises(SecateursError, match="installed scorers: block-influence, magnitude, random, skip-loss, wanda"):
+    with pytest.raises(SecateursError, match="installed scorers: activation, block-influence, magnitude, random, skip-loss, wanda"):
         manager.scorers.create("nope")
 
 

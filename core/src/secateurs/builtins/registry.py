@@ -14,7 +14,12 @@ from secateurs.hookspecs import Register, hookimpl
 
 BUILTINS: dict[str, dict[str, dict[str, str]]] = {
     "secateurs.builtins.scorers": {
-        "scorer": {"magnitude": "MagnitudeScorer", "random": "RandomScorer", "wanda": "WandaScorer"},
+        "scorer": {
+            "magnitude": "MagnitudeScorer",
+            "random": "RandomScorer",
+            "wanda": "WandaScorer",
+            "activation": "ActivationScorer",
+        },
     },
     "secateurs.builtins.layers": {"scorer": {"block-influence": "BlockInfluence", "skip-loss": "SkipLoss"}},
     "secateurs.builtins.allocators": {"allocator": {"uniform": "UniformAllocator", "global": "GlobalAllocator"}},

@@ -1,4 +1,4 @@
-"""Built-in scorers: ``magnitude``, ``random`` (seeded) and ``wanda``."""
+"""Built-in scorers: ``magnitude``, ``random`` (seeded), ``wanda`` and ``activation``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import ClassVar
 import attrs
 import torch
 
+from secateurs.errors import SecateursError
 from secateurs.protocols import STAT_SQ_NORM, ScoreContext
 from secateurs.structured import component_view
 from secateurs.types import Group, Unit
@@ -64,3 +65,46 @@ class WandaScorer:
             return w.abs() * scale.view(*scale.shape, *[1] * (w.dim() - 2))
         shape = [1, -1] + [1] * (w.dim() - 2)  # input features on dim 1 (Linear and Conv)
         return w.abs() * scale.view(shape)
+
+
+@attrs.frozen
+class ActivationScorer:
+    """Minitron's activation importance (Muralidharan et al. 2024) of structured components:
+    the root of the per-token mean squared activation each carries over the calibration set.
+
+    A group's ``ctx.stats`` are its reading unit's inputs over the group's span
+    (``o_proj`` for heads, ``down_proj`` for neurons: ``structured.reading_stats``), ``width``
+    entries per component (a head's columns, one per neuron or channel). Component ``c``
+    scores ``sqrt(sum of its entries' sq_norm * nsamples / ntokens)``: ``sq_norm * nsamples``
+    is the sum of ``x²`` over every calibration token, so this is the L2 norm over the
+    component's features of their root-mean-square activation per token (per position for
+    convolutions). Structured runs only: ``score`` refuses unstructured granularity.
+    """
+
+    comparison: ClassVar[str] = "matrix"
+    requires: ClassVar[frozenset[str]] = frozenset({STAT_SQ_NORM})
+    selects: ClassVar[bool] = False
+
+    def score(self, unit: Unit, ctx: ScoreContext) -> torch.Tensor:
+        raise SecateursError(
+            "the 'activation' scorer scores structured components only, not single weights; "
+            'set granularity to "heads", "neurons", "hidden" or "channels"'
+        )
+
+    def score_group(self, group: Group, ctx: ScoreContext) -> torch.Tensor:
+        stats = ctx.stats
+        if stats is None:
+            raise SecateursError(
+                f"the 'activation' scorer needs calibration data: group {group.name!r} is scored by the "
+                "inputs of its reading unit (the layer reading its components as input features: "
+                "o_proj for heads, down_proj for neurons), collected with the group's block, and none "
+                "were given; add a calibration source to the recipe, or use another scorer where that "
+                "layer is in a later block (VGG channels)"
+            )
+        if stats.sq_norm.numel() % group.size:
+            raise SecateursError(
+                f"group {group.name!r}: its reading unit's statistics have {stats.sq_norm.numel()} "
+                f"entries, not a multiple of its {group.size} components"
+            )
+        per_token = stats.sq_norm.float() * (stats.nsamples / max(stats.ntokens, 1))
+        return per_token.view(group.size, -1).sum(1).sqrt()
