@@ -3,6 +3,7 @@ and parts implementing every optional member (``secateurs.protocols.OPTIONAL``) 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import ClassVar
@@ -27,7 +28,8 @@ from secateurs.builtins.remove import RemoveApplier
 from secateurs.builtins.scorers import MagnitudeScorer
 from secateurs.pipeline import PruneSpec, prune_model
 from secateurs.testing import GaussianBatches, tiny_model
-from secateurs.types import Block, Group, ModelFacts, RunPlan, UnitAllocation
+from secateurs.structured import remove_components, zero_components
+from secateurs.types import Block, Group, ModelFacts, ParamSlice, RunPlan, UnitAllocation
 from toy_plugin import GaussianInputs, InputWeighted, MLPStack, MLPStackAdapter, Ramp, ToyPlugin, ZeroAndCount
 
 
@@ -131,6 +133,21 @@ class ExplainingMLPAdapter(MLPStackAdapter):
     def remove_layers(self, model: nn.Module, keep) -> None:
         model.layers = nn.ModuleList(model.layers[i] for i in keep)
         model.depth = len(keep)
+
+    def hidden_refusal(self, model: nn.Module) -> str | None:
+        return None if model.depth > 1 else "a one-layer stack has no width between layers"
+
+    def hidden_group(self, model: nn.Module) -> Group:
+        """The width between layers: rows (and bias) of every layer but the head, columns of
+        every layer but the first."""
+        linears = [layer[0] for layer in model.layers]
+        rows = [ParamSlice(m, "weight", 0) for m in linears]
+        columns = [ParamSlice(m, "weight", 1) for m in (*linears[1:], model.head)]
+        return Group("hidden", "hidden", model.width, (*rows, *columns))
+
+    def remove_hidden(self, model: nn.Module, keep: torch.Tensor) -> None:
+        remove_components([(self.hidden_group(model), keep)])
+        model.width = int(keep.sum())
 
 
 @attrs.frozen
@@ -337,6 +354,23 @@ def test_a_layer_scorer_and_a_layer_removing_adapter_remove_the_lowest_scored_la
     assert list(model.layers) == kept and model.depth == 2
     assert result.records["layers"]["removed"] == ["layers.1"]
     assert result.params_pruned == 16 * 17 and result.records["recording"] == {"prepared_batches": 2}
+
+
+def test_a_width_pruning_adapter_removes_the_lowest_scored_channels_as_zeroing_them_would():
+    model = MLPStack(depth=3)
+    adapter = ExplainingMLPAdapter()
+    scores = MagnitudeScorer().score_group(adapter.hidden_group(model), None)
+    keep = torch.ones(16, dtype=torch.bool)
+    keep[torch.argsort(scores)[:4]] = False
+    zeroed = copy.deepcopy(model)
+    zero_components(adapter.hidden_group(zeroed), keep)
+    spec = PruneSpec(MagnitudeScorer(), UniformAllocator(), ZeroApplier(), 0.25, "hidden", progress=False)
+    result = prune_model(LoadedModel(model, adapter, "toy"), spec)
+    assert model.width == 12 and model.head.in_features == 12 and model.layers[0][0].out_features == 12
+    assert sorted(result.records["hidden"]["removed"]) == sorted((~keep).nonzero().view(-1).tolist())
+    x = torch.rand(4, 16)
+    torch.testing.assert_close(model(x), zeroed(x))
+    assert result.params_pruned == 4 * 17 + 2 * (16 * 16 - 12 * 12 + 4) + 4 * 2  # first rows, inner squares, head columns
 
 
 def test_scorer_and_allocator_records_reach_the_report(optional_manager, tmp_path):
