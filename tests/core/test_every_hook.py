@@ -134,7 +134,7 @@ class ExplainingMLPAdapter(MLPStackAdapter):
         model.layers = nn.ModuleList(model.layers[i] for i in keep)
         model.depth = len(keep)
 
-    def hidden_refusal(self, model: nn.Module) -> str | None:
+    def hidden_refusal(self, model: nn.Module, width: int | None) -> str | None:
         return None if model.depth > 1 else "a one-layer stack has no width between layers"
 
     def hidden_group(self, model: nn.Module) -> Group:

@@ -178,3 +178,15 @@ def test_runs_that_cannot_narrow_are_refused_before_any_work(change, needle):
     with pytest.raises(SecateursError, match=needle):
         prune_model(loaded(model), spec("zero", "hidden", calibration=token_batches(SEQLEN), **run))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_width_the_config_cannot_save_is_refused_before_any_work_with_the_nearest_it_accepts():
+    config = transformers.LlamaConfig(**{**tiny_model("llama").config.to_dict(), "num_attention_heads": 3,
+                                         "num_key_value_heads": 1, "hidden_size": 36, "head_dim": 8})
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(SecateursError, match=r"to 28 channels: LlamaConfig refuses hidden_size = 28 \(.*not a multiple "
+                                             r"of the number of attention heads \(3\)\.\); the nearest widths it accepts: 27 or 30"):
+        prune_model(loaded(model), hidden_spec(sparsity=8 / 36))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert prune_model(loaded(model), hidden_spec(sparsity=9 / 36)).records["hidden"]["size_after"] == 27

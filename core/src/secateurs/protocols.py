@@ -383,14 +383,15 @@ class WidthPruning(Protocol):
     hidden channels: every tensor entry that reads or writes the residual stream (embeddings,
     the norms over it, the input columns of every projection reading it, the output rows of
     every projection writing it, an untied ``lm_head``). Zeroing a component's entries makes
-    the channel identically zero through the whole model. ``hidden_refusal(model)`` says why
-    a model cannot be narrowed (``None``: it can); runs ask it before any work.
+    the channel identically zero through the whole model. ``hidden_refusal(model, width)``
+    says why a model cannot be narrowed at all (``width=None``) or to ``width`` channels (a
+    width its format cannot save), ``None`` when it can; runs ask it before any work.
     ``remove_hidden(model, keep)`` removes the channels not in ``keep`` (bool ``[size]``) and
     updates what depends on the width (module sizes, the config, norm and embedding scales),
     so that the smaller model computes what the zeroed one does (up to each norm's epsilon)
     and its saved folder reloads as an ordinary smaller model."""
 
-    def hidden_refusal(self, model: nn.Module) -> str | None: ...
+    def hidden_refusal(self, model: nn.Module, width: int | None) -> str | None: ...
 
     def hidden_group(self, model: nn.Module) -> Group: ...
 

@@ -51,11 +51,14 @@ def check_hidden(loaded: LoadedModel, spec: PruneSpec) -> Group:
     adapter = loaded.adapter
     if not isinstance(adapter, WidthPruning):
         raise SecateursError(f"the {adapter.name!r} adapter cannot narrow the hidden width (it has no hidden_group)")
-    reason = adapter.hidden_refusal(loaded.model)
+    reason = adapter.hidden_refusal(loaded.model, None)
     if reason is not None:
         raise SecateursError(f"cannot narrow the hidden width of this model: {reason}")
     group = adapter.hidden_group(loaded.model)
-    channels_to_remove(spec.sparsity, group.size, loaded.source)
+    kept = group.size - channels_to_remove(spec.sparsity, group.size, loaded.source)
+    reason = adapter.hidden_refusal(loaded.model, kept)
+    if reason is not None:
+        raise SecateursError(f"cannot narrow the hidden width of this model to {kept} channels: {reason}")
     return group
 
 

@@ -80,7 +80,7 @@ from secateurs_transformers.common import (
     record_layer_sizes,
     save_folder,
 )
-from secateurs_transformers import width
+from secateurs_transformers import width as residual
 from secateurs_transformers.depth import remove_layers, removal_refusal
 from secateurs_transformers.layouts import DERIVED_HEAD_WIDTH
 from secateurs_transformers.secateurs_resized import LAYER_SIZES, stock_class
@@ -398,7 +398,7 @@ class DecoderAdapter:
         return self.explain(model) is None
 
     def blocks(self, model: nn.Module) -> list[Block]:
-        width.register_size_syncs()
+        residual.register_size_syncs()
         layers, base = decoder_layers(model)
         blocks = []
         for i, layer in enumerate(layers):
@@ -447,23 +447,23 @@ class DecoderAdapter:
 
     def resized(self, model: nn.Module, block: Block, group: Group, keep: torch.Tensor) -> None:
         """Update what the modules do not infer from their tensors (Phi-3's head counts; module
-        sizes such as ``Conv1D.nf`` are synced on removal, ``width.register_size_syncs``) and
+        sizes such as ``Conv1D.nf`` are synced on removal, ``residual.register_size_syncs``) and
         record the layers' new sizes in ``model.config``."""
         _sync_fused_attention(block.module)
         sizes = [_sizes(model, b) for b in self.blocks(model)]
         record_layer_sizes(model.config, sizes, set(sizes[0]))
 
-    def hidden_refusal(self, model: nn.Module) -> str | None:
-        """Why ``model``'s residual stream cannot be narrowed (``WidthPruning``)."""
-        return width.hidden_refusal(model)
+    def hidden_refusal(self, model: nn.Module, width: int | None) -> str | None:
+        """Why ``model``'s residual stream cannot be narrowed (to ``width`` channels) (``WidthPruning``)."""
+        return residual.hidden_refusal(model, width)
 
     def hidden_group(self, model: nn.Module) -> Group:
         """The hidden channels as one group (``WidthPruning``; ``secateurs_transformers.width``)."""
-        return width.hidden_group(model)
+        return residual.hidden_group(model)
 
     def remove_hidden(self, model: nn.Module, keep: torch.Tensor) -> None:
         """Remove the hidden channels not in ``keep`` (``WidthPruning``)."""
-        width.remove_hidden(model, keep)
+        residual.remove_hidden(model, keep)
 
     def forward(self, model: nn.Module, batch: Any) -> Any:
         input_ids = batch["input_ids"].to(model_device(model))

@@ -21,9 +21,11 @@ folder reloads with plain ``from_pretrained``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import torch
@@ -94,8 +96,9 @@ def resolve(model: nn.Module, layout: ResidualLayout) -> Residual:
     )
 
 
-def hidden_refusal(model: nn.Module) -> str | None:
-    """Why ``model``'s residual stream cannot be narrowed (``None``: it can)."""
+def hidden_refusal(model: nn.Module, width: int | None) -> str | None:
+    """Why ``model``'s residual stream cannot be narrowed (``None``: it can): no layout, an
+    offloaded model, or (given a ``width``) a width the family's config refuses to save."""
     layout = layout_of(model)
     if isinstance(layout, str):
         return layout
@@ -110,7 +113,41 @@ def hidden_refusal(model: nn.Module) -> str | None:
     for module in (*residual.readers, *residual.writers, *residual.norms, *residual.embeddings):
         if getattr(module, "weight", None) is None:
             return f"{type(module).__name__} has no weight to narrow"
+    return None if width is None else _config_refusal(model, width)
+
+
+def _narrowed_config(model: nn.Module, width: int) -> Any:
+    config = copy.deepcopy(model.config)
+    config.hidden_size = width
+    if getattr(config, "head_dim", None) is None:
+        config.head_dim = _head_dim(model)
+    return config
+
+
+def _config_refusal(model: nn.Module, width: int) -> str | None:
+    """Why the family's config refuses ``hidden_size = width`` (its ``validate``, which
+    ``save_pretrained`` runs: LLaMA and Gemma 2/3 want a multiple of the head count), with
+    the nearest widths it accepts."""
+    validate = getattr(_narrowed_config(model, width), "validate", None)
+    if validate is None:
+        return None
+    try:
+        validate()
+    except Exception as exc:  # noqa: BLE001 - whatever the family's validators raise
+        why = str(exc).strip().splitlines()[-1].strip()
+        accepted = [w for w in range(max(1, width - 64), width + 65) if _accepted(model, w)]
+        near = sorted(accepted, key=lambda w: (abs(w - width), w))[:2]
+        hint = f"; the nearest widths it accepts: {' or '.join(map(str, sorted(near)))}" if near else ""
+        return f"{type(model.config).__name__} refuses hidden_size = {width} ({why}){hint}"
     return None
+
+
+def _accepted(model: nn.Module, width: int) -> bool:
+    try:
+        _narrowed_config(model, width).validate()
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 def _head_dim(model: nn.Module) -> int | None:
