@@ -152,8 +152,11 @@ def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> No
     outcome = run_prune(loaded_recipe, overwrite=overwrite, progress=not quiet, reads=[("recipe", recipe)])
     result = outcome.result
     depth = result.records.get("layers")  # granularity = "layers": secateurs.depth
+    steps = result.records.get("steps")  # [sizes] or target_params: secateurs.shapes
     done = (
-        f"removed {len(depth['removed'])} of {depth['layers_before']} layers"
+        "pruned to " + ", ".join(f"{k} = {v}" for step in steps for k, v in step["after"].items())
+        if steps
+        else f"removed {len(depth['removed'])} of {depth['layers_before']} layers"
         if depth
         else f"pruned {len(result.units)} units to {result.sparsity:.2%} sparsity"
     )

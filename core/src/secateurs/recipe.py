@@ -25,6 +25,18 @@ A recipe::
     name = "perplexity"
     corpus = "shakespeare-test"
 
+Instead of one ``sparsity`` and ``granularity``, a decoder recipe may state the smaller
+model's sizes (``[sizes]``: config field names) or a parameter budget (``target_params =
+"90M"``), with a scorer per step in ``[scorers]`` (``secateurs.shapes``)::
+
+    [sizes]
+    num_hidden_layers = 24
+    intermediate_size = 1280
+
+    [scorers]                       # optional; these are the defaults
+    layers = "skip-loss"
+    neurons = "activation"
+
 ``dtype`` (default ``"auto"``: the model's own dtype, in memory and on disk) may be
 ``"float32"``, ``"bfloat16"`` or ``"float16"``; text sources take ``seqlen = "max"`` for the
 model's maximum positions. Paths the run reads are ``Recipe.read_paths()``; outputs stay clear
@@ -46,6 +58,21 @@ import attrs
 from secateurs.errors import SecateursError
 from secateurs.validators import check_sparsity
 from secateurs.protocols import UNSTRUCTURED
+from secateurs.types import HIDDEN, LAYERS
+
+HEADS, NEURONS = "heads", "neurons"
+SIZE_STEPS = {
+    "num_hidden_layers": LAYERS,
+    "hidden_size": HIDDEN,
+    "num_key_value_heads": HEADS,
+    "num_attention_heads": HEADS,
+    "intermediate_size": NEURONS,
+}
+"""The ``[sizes]`` keys (config field names) and the granularity whose step sets each."""
+STEP_ORDER = (LAYERS, HIDDEN, HEADS, NEURONS)
+"""The order of a sized run's steps on the same model."""
+DEFAULT_STEP_SCORERS = {LAYERS: "skip-loss", HIDDEN: "activation", HEADS: "activation", NEURONS: "activation"}
+"""Each step's scorer unless ``[scorers]`` names one."""
 
 
 @attrs.frozen
@@ -95,12 +122,63 @@ def _patterns(key: str):
 
 
 def _sparsity(_inst, _attr, value: Any) -> None:
+    if value is None:
+        return
     if isinstance(value, bool):
         raise SecateursError(f"recipe key 'sparsity' must be a number in [0, 1) (e.g. 0.5), got {str(value).lower()}")
     try:
         check_sparsity(value)
     except SecateursError as exc:
         raise SecateursError(f"recipe key 'sparsity': {exc}") from None
+
+
+def _sizes(value: Any) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not value:
+        raise SecateursError("recipe key 'sizes' must be a table of config sizes (e.g. [sizes] num_hidden_layers = 24)")
+    for key, size in value.items():
+        if key not in SIZE_STEPS:
+            raise SecateursError(f"unknown size {key!r} in [sizes]; known sizes: {', '.join(SIZE_STEPS)}")
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise SecateursError(f"[sizes] {key} must be a positive whole number (e.g. {key} = 24), got {size!r}")
+    return dict(value)
+
+
+def _scorers(value: Any) -> dict[str, Part]:
+    if not isinstance(value, Mapping):
+        raise SecateursError('recipe key \'scorers\' must be a table keyed by granularity (e.g. layers = "skip-loss")')
+    for key in value:
+        if key not in STEP_ORDER:
+            raise SecateursError(f"unknown step {key!r} in [scorers]; the steps are: {', '.join(STEP_ORDER)}")
+    return {key: _part(f"scorers.{key}", part) for key, part in value.items()}
+
+
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+def parse_count(value: Any) -> int | None:
+    """A parameter count: an int, or a number with a suffix K, M, B (or G), T
+    (``"90M"``, ``"1.2B"``, ``"500K"``); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    text = value.strip().upper() if isinstance(value, str) else None
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            count = value
+        elif text and text[-1:] in _UNITS:
+            count = round(float(text[:-1]) * _UNITS[text[-1]])
+        elif text:
+            count = int(text)
+        else:
+            raise ValueError
+    except ValueError:
+        count = 0
+    if count <= 0:
+        raise SecateursError(
+            f"recipe key 'target_params' must be a positive parameter count (e.g. \"90M\", \"1.2B\", 500000), got {value!r}"
+        )
+    return count
 
 
 _SEED_RANGE = (-(2**63), 2**64 - 1)
@@ -117,8 +195,8 @@ def _seed(_inst, _attr, value: Any) -> None:
 class Recipe:
     """A validated pruning run. ``Recipe.from_dict`` / ``load_recipe`` build one."""
 
-    scorer: Part = attrs.field(converter=lambda v: _part("scorer", v))
-    sparsity: float = attrs.field(validator=_sparsity)
+    scorer: Part | None = attrs.field(default=None, converter=lambda v: _opt_part("scorer", v))
+    sparsity: float | None = attrs.field(default=None, validator=_sparsity)
     model: str | None = None  # required unless the model is given in Python (``prune(model=...)``)
     output: str | None = None
     allocator: Part = attrs.field(default=Part("uniform"), converter=lambda v: _part("allocator", v))
@@ -138,6 +216,59 @@ class Recipe:
     seed: int = attrs.field(default=0, validator=_seed)
     max_memory: int | str | dict[str, int | str] | None = None  # offload: budget ("2GiB" or {device = size})
     offload_folder: str | None = None  # offload: where blocks that do not fit go (default: temp dir)
+    sizes: dict[str, int] | None = attrs.field(default=None, converter=_sizes)  # a sized run (secateurs.shapes)
+    target_params: int | None = attrs.field(default=None, converter=parse_count)  # a searched run
+    scorers: dict[str, Part] = attrs.field(factory=dict, converter=_scorers)  # each step's scorer
+
+    def __attrs_post_init__(self) -> None:
+        if not self.shaped:
+            if self.scorers:
+                raise SecateursError("[scorers] names the scorers of a run with [sizes] or target_params; use `scorer`")
+            missing = [k for k in ("scorer", "sparsity") if getattr(self, k) is None]
+            if missing:
+                raise SecateursError(
+                    f"recipe is missing required key {missing[0]!r} (or state the sizes: [sizes] or target_params)"
+                )
+            return
+        what = "[sizes]" if self.sizes is not None else "target_params"
+        if self.sizes is not None and self.target_params is not None:
+            raise SecateursError("give either [sizes] or target_params, not both")
+        given = [k for k in ("sparsity", "scorer") if getattr(self, k) is not None]
+        given += ["granularity"] if self.granularity != UNSTRUCTURED else []
+        given += [k for k in ("targets", "reference_model") if getattr(self, k)]
+        if given:
+            raise SecateursError(
+                f"{what} sets every step's size itself; remove the recipe's {given[0]!r} "
+                "(each step's scorer goes in [scorers], e.g. layers = \"skip-loss\")"
+            )
+        if self.target_params is not None and self.max_memory is not None:
+            raise SecateursError(
+                "target_params prunes a copy of the model for each candidate, so it holds the model twice in "
+                "memory; drop max_memory, or state the sizes in [sizes]"
+            )
+        for kind, allowed in (("allocator", ("uniform",)), ("applier", ("zero", "remove"))):
+            if getattr(self, kind).name not in allowed:
+                raise SecateursError(
+                    f"{what} runs each step with the 'uniform' allocator and removes what it prunes; "
+                    f"remove the recipe's {kind} {getattr(self, kind).name!r}"
+                )
+
+    @property
+    def shaped(self) -> bool:
+        """Whether the run states sizes (``[sizes]`` or ``target_params``) instead of a sparsity."""
+        return self.sizes is not None or self.target_params is not None
+
+    def require_single(self, command: str) -> None:
+        """Refuse a sized run in ``command``, which runs one sparsity at one granularity."""
+        if self.shaped:
+            raise SecateursError(
+                f"{command} runs one sparsity at one granularity; [sizes] and target_params runs go "
+                "through `secateurs prune`"
+            )
+
+    def step_scorer(self, granularity: str) -> Part:
+        """The scorer of a sized run's ``granularity`` step: ``[scorers]``, else the default."""
+        return self.scorers.get(granularity) or Part(DEFAULT_STEP_SCORERS[granularity])
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
@@ -147,9 +278,6 @@ class Recipe:
             raise SecateursError(
                 f"unknown recipe key {unknown[0]!r}; known keys: {', '.join(sorted(known))}"
             )
-        missing = [k for k in ("scorer", "sparsity") if k not in data]
-        if missing:
-            raise SecateursError(f"recipe is missing required key {missing[0]!r}")
         for key in ("model", "output", "reference_model", "adapter", "device", "dtype", "granularity", "offload_folder"):
             if key in data and data[key] is not None and not isinstance(data[key], str):
                 raise SecateursError(f"recipe key {key!r} must be a string, got {data[key]!r}")
@@ -181,6 +309,8 @@ class Recipe:
                 value = value.to_dict()
             elif isinstance(value, tuple) and value and isinstance(value[0], Part):
                 value = [p.to_dict() for p in value]
+            elif field.name == "scorers":
+                value = {k: p.to_dict() for k, p in value.items()} or None
             elif isinstance(value, tuple):
                 value = list(value)
             out[field.name] = value

@@ -18,6 +18,7 @@ import attrs
 import torch
 from torch import nn
 
+from secateurs import shapes
 from secateurs.devices import check_device
 from secateurs.errors import SecateursError
 from secateurs.loading import load, wrap
@@ -46,7 +47,9 @@ class RunOutcome:
 @attrs.frozen
 class RunParts:
     """A recipe's parts, created from their registries (``None`` where the recipe names
-    none): ``calibration`` is the calibration *source* (``batches(loaded)`` gives batches)."""
+    none): ``calibration`` is the calibration *source* (``batches(loaded)`` gives batches).
+    A sized run (``[sizes]``, ``target_params``) has no ``scorer`` but ``step_scorers`` by
+    granularity, and the ``remove`` applier (``secateurs.shapes``)."""
 
     scorer: Any
     allocator: Any
@@ -54,6 +57,7 @@ class RunParts:
     exporters: list[Any]
     calibration: Any
     evaluator: Any
+    step_scorers: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 def build_parts(
@@ -69,18 +73,24 @@ def build_parts(
     instead of the recipe's source), so bad input fails before any model is loaded.
     Every command that runs a recipe starts here."""
     manager = manager or get_manager()
+    steps = shapes.steps_of(recipe) if recipe.shaped else ()
     parts = RunParts(
         calibration=create_part(manager.calibration_sources, recipe.calibration, seed=recipe.seed),
         evaluator=create_part(manager.evaluators, recipe.evaluate, progress=progress),
         scorer=create_part(manager.scorers, recipe.scorer),
         allocator=create_part(manager.allocators, recipe.allocator),
-        applier=create_part(manager.appliers, recipe.applier),
+        applier=create_part(manager.appliers, Part("remove") if recipe.shaped else recipe.applier),
         exporters=[create_part(manager.exporters, p) for p in recipe.exporters],
+        step_scorers={g: create_part(manager.scorers, recipe.step_scorer(g)) for g in steps},
     )
     check_device(recipe.device)
     if calibration is not None:
         check_batches(calibration)
-    preflight(recipe, parts, manager, calibrated=True if calibration is not None else None)
+    if recipe.shaped:
+        calibrated = calibration is not None or parts.calibration is not None
+        shapes.preflight_shaped(recipe, parts, manager, calibrated=calibrated)
+    else:
+        preflight(recipe, parts, manager, calibrated=True if calibration is not None else None)
     return parts
 
 
@@ -230,10 +240,9 @@ def prune(
     started = time.perf_counter()
     loaded = load_for(recipe, manager, model=model)
     load_seconds = time.perf_counter() - started
-    spec = spec_for(recipe, parts, loaded, calibration=calibration, progress=progress, manager=manager)
-    check_spec(loaded, spec)  # what needs the model, before minutes of evaluating it
+    pruning = _pruning(recipe, parts, loaded, calibration=calibration, progress=progress, manager=manager)
     before = parts.evaluator.evaluate(loaded) if parts.evaluator else None
-    result = prune_model(loaded, spec)
+    result = pruning()
     result.timings["load"] = load_seconds
     result.recipe = recipe.to_dict()
     after = parts.evaluator.evaluate(loaded) if parts.evaluator else None
@@ -246,6 +255,40 @@ def prune(
                 exporter.export(loaded, result, tmp)
         output = Path(recipe.output).expanduser().resolve()
     return RunOutcome(result=result, loaded=loaded, output=output, before=before, after=after)
+
+
+def _pruning(
+    recipe: Recipe,
+    parts: RunParts,
+    loaded: LoadedModel,
+    *,
+    calibration: Sequence[Any] | None,
+    progress: bool,
+    manager: PluginManager,
+) -> Callable[[], PruneResult]:
+    """The run's pruning of ``loaded``, checked against the model (``check_spec``; a sized
+    run's sizes against its config) before the calibration batches are made and before
+    minutes of evaluating it."""
+    if not recipe.shaped:
+        spec = spec_for(recipe, parts, loaded, calibration=calibration, progress=progress, manager=manager)
+        check_spec(loaded, spec)
+        return lambda: prune_model(loaded, spec)
+    if recipe.sizes is not None:
+        steps = shapes.plan_sizes(loaded, recipe.sizes)
+    else:
+        grid = shapes.plan_search(loaded, recipe.target_params)
+    step_parts = shapes.StepParts(
+        scorers=parts.step_scorers,
+        names={g: recipe.step_scorer(g).name for g in parts.step_scorers},
+        allocator=parts.allocator,
+        applier=parts.applier,
+        calibration=_calibration(loaded, parts.calibration, calibration),
+        seed=recipe.seed,
+        progress=progress,
+    )
+    if recipe.sizes is not None:
+        return lambda: shapes.run_steps(loaded, steps, step_parts)
+    return lambda: shapes.search(loaded, recipe.target_params, grid, step_parts)
 
 
 def evaluate(

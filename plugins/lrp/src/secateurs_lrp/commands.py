@@ -55,6 +55,7 @@ def lrp_tune(recipe, trials, seed, sampler, rates, heldout, name, output, model,
 
     parsed = command_recipe(recipe, sets, model=model, device=device)
     reads = checked_reads(output, recipe, parsed, overwrite=overwrite)
+    parsed.require_single("lrp-tune")
     if parsed.scorer.name != "lrp":
         raise SecateursError(f"lrp-tune tunes the 'lrp' scorer; the recipe's scorer is {parsed.scorer.name!r}")
     if parsed.evaluate is None:
