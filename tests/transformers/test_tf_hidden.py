@@ -29,10 +29,10 @@ from secateurs.structured import zero_components
 from secateurs.types import PruneResult
 from secateurs.width import residual_stats
 from secateurs_transformers import width
-from secateurs_transformers.layouts import DERIVED_HEAD_WIDTH, RESIDUAL_LAYOUTS
+from secateurs_transformers.layouts import LAYOUTS
 from tf_models import manager, spec
 
-NARROWED = [f for f in DECODERS if tiny_model(f).config.model_type not in DERIVED_HEAD_WIDTH]
+NARROWED = [f for f in DECODERS if LAYOUTS[tiny_model(f).config.model_type].hidden is None]
 REFUSED = [f for f in DECODERS if f not in NARROWED]
 SEQLEN = 20
 EPSILONS = ("variance_epsilon", "eps")
@@ -116,7 +116,10 @@ def test_families_whose_head_width_follows_the_hidden_size_are_refused(family):
 @pytest.mark.parametrize("family", [f for f in NARROWED if f != "mixtral"])
 def test_the_derived_layout_equals_the_declared_record(family):
     model = tiny_model(family)
-    assert width.derived_layout(model) == RESIDUAL_LAYOUTS[model.config.model_type]
+    derived, record = width.derived_layout(model), LAYOUTS[model.config.model_type]
+    residual = ("readers", "writers", "norms", "embeddings", "final_norm", "expert_params", "norm_offset",
+                "embedding_scale")
+    assert {k: getattr(derived, k) for k in residual} == {k: getattr(record, k) for k in residual}
 
 
 def test_fused_experts_need_a_record():

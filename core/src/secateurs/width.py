@@ -14,7 +14,6 @@ scored, so the scores are the dense model's.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +30,6 @@ from secateurs.protocols import (
     LoadedModel,
     PreparingScorer,
     ScoreContext,
-    StructuredScorer,
     WidthPruning,
     merged_records,
 )

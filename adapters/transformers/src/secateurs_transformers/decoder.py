@@ -27,10 +27,15 @@ declared. Experts of another forward (clamped, biased, transposed...) are not pr
 (``secateurs inspect`` lists them under "not pruned"); any shared expert and any expert
 stored as ``nn.Linear`` are ordinary units.
 
-True-sequential stages (``Block.stages``): attention inputs (q/k/v, fused qkv), attention
-output, MLP inputs, MLP output, told apart by the module names.
+Architecture knowledge comes from the family's layout record
+(``secateurs_transformers.layouts.LAYOUTS``, one per ``model_type``); families without one
+fall back to module names, documented where they are used.
 
-Structured groups, where the coupling is declared (``LAYOUTS``):
+True-sequential stages (``Block.stages``): attention inputs (q/k/v, fused qkv), attention
+output, MLP inputs, MLP output, from the record (``DecoderLayout.stage``), else told apart
+by the module names.
+
+Structured groups (``secateurs_transformers.groups``), where the coupling is declared:
 
 * ``neurons``: a gated MLP (``gate_proj`` + ``up_proj`` → ``down_proj``), a fused
   ``gate_up_proj`` (split in two slices) → ``down_proj``, ``fc1`` → ``fc2`` (OPT),
@@ -45,6 +50,8 @@ Structured groups, where the coupling is declared (``LAYOUTS``):
 
 ``layers`` (``granularity = "layers"``): whole decoder layers removed
 (``secateurs_transformers.depth``); the saved config is an ordinary smaller one.
+``hidden``: the residual stream narrowed across the whole model
+(``secateurs_transformers.width``), where the record declares it.
 
 After removal the config records the new sizes (uniform: the config fields, so plain
 ``from_pretrained`` reloads; per-layer, LLaMA layout only: ``secateurs_layer_sizes`` and the
@@ -53,7 +60,6 @@ After removal the config records the new sizes (uniform: the config fields, so p
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import types
@@ -69,7 +75,7 @@ from torch.nn import functional as F
 from secateurs.errors import SecateursError
 from secateurs.offload import Budget
 from secateurs.protocols import LoadedModel
-from secateurs.types import Block, Group, ModelFacts, ParamSlice, Unit
+from secateurs.types import Block, Group, ModelFacts, Unit
 from secateurs_transformers.common import (
     first_output,
     folder_facts,
@@ -82,25 +88,24 @@ from secateurs_transformers.common import (
 )
 from secateurs_transformers import width as residual
 from secateurs_transformers.depth import remove_layers, removal_refusal
-from secateurs_transformers.layouts import DERIVED_HEAD_WIDTH
+from secateurs_transformers.groups import (
+    MLP_LAYOUTS,
+    conv1d,
+    heads,
+    heads_refusal,
+    layer_sizes,
+    layout_record,
+    llama_layout,
+    neurons,
+    sync_fused_attention,
+)
+from secateurs_transformers.layouts import DecoderLayout
 from secateurs_transformers.secateurs_resized import LAYER_SIZES, stock_class
 
 ATTENTION_INPUTS = frozenset(
     {"q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn", "query_key_value", "Wqkv", "query", "key", "value"}
 )
 MLP_OUTPUTS = frozenset({"down_proj", "fc2", "c_proj", "dense_4h_to_h", "w2"})
-LLAMA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
-FUSED_ATTENTION = ("qkv_proj", "o_proj")
-"""Phi-3 layout: one ``qkv_proj`` (query rows, then key rows, then value rows) and ``o_proj``."""
-NEURON_FIELD = {"opt": "ffn_dim", "gpt2": "n_inner", "falcon": "ffn_hidden_size"}
-"""Config field of the MLP width, by ``model_type`` (default ``intermediate_size``)."""
-
-
-def _conv1d() -> type:
-    from transformers.pytorch_utils import Conv1D
-
-    return Conv1D
 
 
 def _is_causal_lm(model: nn.Module) -> bool:
@@ -140,7 +145,7 @@ def decoder_layers(model: nn.Module) -> tuple[nn.ModuleList, str] | str:
 
 def _linears(layer: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(path in the layer, module)`` of every prunable linear, routers excluded."""
-    kinds = (nn.Linear, _conv1d())
+    kinds = (nn.Linear, conv1d())
     parents = dict(layer.named_modules())
     for path, module in layer.named_modules():
         parent = parents[path.rpartition(".")[0]]
@@ -232,146 +237,16 @@ def _roles(paths: list[str]) -> dict[str, str]:
     return {p: n if names.count(n) == 1 else p for p, n in zip(paths, names, strict=True)}
 
 
-def _stage(path: str) -> int:
-    """0 attention inputs, 1 attention output, 2 MLP inputs, 3 MLP output."""
+def _stage(path: str, layout: DecoderLayout | None = None) -> int:
+    """0 attention inputs, 1 attention output, 2 MLP inputs, 3 MLP output: from the family's
+    layout record, else (no record, or a linear it does not name) from the module names."""
+    declared = layout.stage(path) if layout is not None else None
+    if declared is not None:
+        return declared
     *parents, name = path.split(".")
     if any("attn" in p or "attention" in p for p in parents):
         return 0 if name in ATTENTION_INPUTS else 1
     return 3 if name in MLP_OUTPUTS else 2
-
-
-# -- structured coupling ---------------------------------------------------------------
-
-
-def _find(layer: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] | None:
-    """The first module of ``layer`` (the layer itself included) with children ``names``."""
-    for path, module in layer.named_modules():
-        if all(isinstance(getattr(module, n, None), nn.Module) for n in names):
-            return path, module
-    return None
-
-
-def _out(module: nn.Module, start: int = 0, length: int | None = None) -> list[ParamSlice]:
-    """Slices of ``module``'s output features (a ``Conv1D`` stores them along dim 1, with
-    its bias as an explicit companion)."""
-    if isinstance(module, _conv1d()):
-        slices = [ParamSlice(module, "weight", 1, start, length)]
-        return slices + ([ParamSlice(module, "bias", 0, start, length)] if module.bias is not None else [])
-    return [ParamSlice(module, "weight", 0, start, length)]
-
-
-def _in(module: nn.Module) -> ParamSlice:
-    return ParamSlice(module, "weight", 0 if isinstance(module, _conv1d()) else 1)
-
-
-def _out_features(module: nn.Module) -> int:
-    return module.weight.shape[1] if isinstance(module, _conv1d()) else module.weight.shape[0]
-
-
-MLP_LAYOUTS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("gate_proj", "up_proj"), "down_proj"),
-    (("gate_up_proj",), "down_proj"),
-    (("fc1",), "fc2"),
-    (("c_fc",), "c_proj"),
-    (("dense_h_to_4h",), "dense_4h_to_h"),
-)
-"""``(producers, consumer)`` module names of the MLP layouts whose neurons are declared."""
-
-
-def _neurons(prefix: str, layer: nn.Module) -> Group | None:
-    for producers, consumer in MLP_LAYOUTS:
-        found = _find(layer, (*producers, consumer))
-        if found is None:
-            continue
-        path, mlp = found
-        modules = [getattr(mlp, n) for n in producers]
-        if producers == ("gate_up_proj",):  # fused: gate rows then up rows
-            width = _out_features(modules[0]) // 2
-            slices = _out(modules[0], 0, width) + _out(modules[0], width, width)
-        else:
-            width = _out_features(modules[0])
-            slices = [s for m in modules for s in _out(m)]
-        name = f"{prefix}.{path}.neurons" if path else f"{prefix}.neurons"
-        return Group(name, "neurons", width, (*slices, _in(getattr(mlp, consumer))))
-    return None
-
-
-def _attention(layer: nn.Module) -> tuple[str, nn.Module] | None:
-    """The layer's attention of a declared layout (separate or fused q/k/v), with its path."""
-    return _find(layer, LLAMA_ATTENTION) or _find(layer, FUSED_ATTENTION)
-
-
-def _heads_refusal(model: nn.Module, layer: nn.Module) -> str | None:
-    model_type = getattr(model.config, "model_type", "")
-    if model_type in DERIVED_HEAD_WIDTH:
-        return f"{model_type}: {DERIVED_HEAD_WIDTH[model_type]}, so a model with fewer heads cannot be saved"
-    found = _attention(layer)
-    if found is None:
-        layouts = f"{'/'.join(LLAMA_ATTENTION)} or {'/'.join(FUSED_ATTENTION)}"
-        return f"{type(layer).__name__} has no attention with {layouts}"
-    attn = found[1]
-    norm = getattr(attn, "q_norm", None)
-    if norm is not None and getattr(norm, "weight", None) is not None and norm.weight.numel() != attn.head_dim:
-        return f"{model_type}: q_norm/k_norm normalise all heads together"
-    return None
-
-
-def _heads(prefix: str, layer: nn.Module) -> Group:
-    """One component per key/value head with its query heads: rows of q, k and v (three
-    spans of a fused ``qkv_proj``), columns of o_proj."""
-    path, attn = _attention(layer)
-    head_dim = attn.head_dim
-    if hasattr(attn, "qkv_proj"):
-        kv = attn.num_key_value_heads * head_dim
-        queries = attn.qkv_proj.out_features - 2 * kv
-        qkv = [ParamSlice(attn.qkv_proj, "weight", 0, start, n) for start, n in ((0, queries), (queries, kv), (queries + kv, kv))]
-    else:
-        kv = attn.k_proj.out_features
-        qkv = [ParamSlice(getattr(attn, n), "weight", 0) for n in LLAMA_ATTENTION[:3]]
-    return Group(
-        f"{prefix}.{path}.heads",
-        "heads",
-        kv // head_dim,
-        (*qkv, ParamSlice(attn.o_proj, "weight", 1)),
-        {"head_dim": head_dim, "query_heads_per_component": attn.num_key_value_groups},
-    )
-
-
-def _sync_fused_attention(layer: nn.Module) -> None:
-    """Phi-3 attention splits ``qkv_proj`` by ``self.config.num_attention_heads`` and
-    ``self.num_key_value_heads``: give it its own config with its layer's head count."""
-    found = _find(layer, FUSED_ATTENTION)
-    if found is None:
-        return
-    attn = found[1]
-    queries = attn.o_proj.in_features // attn.head_dim
-    attn.num_key_value_heads = queries // attn.num_key_value_groups
-    if attn.config.num_attention_heads != queries:
-        attn.config = copy.copy(attn.config)
-        attn.config.num_attention_heads = queries
-
-
-def _sizes(model: nn.Module, block: Block) -> dict[str, int]:
-    """The sizes a decoder layer's current groups imply (config field names)."""
-    sizes = {}
-    for group in block.groups:
-        if group.kind == "neurons":
-            sizes[NEURON_FIELD.get(model.config.model_type, "intermediate_size")] = group.size
-        else:
-            head_dim = group.meta["head_dim"]
-            queries = group.slices[0].span
-            sizes |= {"num_attention_heads": queries // head_dim, "num_key_value_heads": group.size, "head_dim": head_dim}
-    return sizes
-
-
-def llama_layout(layer: nn.Module) -> str | None:
-    """Why ``layer`` is not of the LLaMA layout (``None``: it is): ``self_attn.{q,k,v,o}_proj``
-    and ``mlp.{gate,up,down}_proj``, all ``nn.Linear``."""
-    for sub, names in (("self_attn", LLAMA_ATTENTION), ("mlp", LLAMA_MLP)):
-        for name in names:
-            if not isinstance(getattr(getattr(layer, sub, None), name, None), nn.Linear):
-                return f"no nn.Linear `{sub}.{name}` in {type(layer).__name__}"
-    return None
 
 
 @attrs.frozen
@@ -400,6 +275,7 @@ class DecoderAdapter:
     def blocks(self, model: nn.Module) -> list[Block]:
         residual.register_size_syncs()
         layers, base = decoder_layers(model)
+        layout = layout_record(model)
         blocks = []
         for i, layer in enumerate(layers):
             prefix = f"{base}.{i}"
@@ -407,27 +283,27 @@ class DecoderAdapter:
             found = list(_linears(layer)) + experts
             roles = _roles([p for p, _ in found]) | {p: m.param for p, m in experts}
             units = tuple(
-                Unit(f"{prefix}.{p}", m, "weight", role=roles[p], transposed=isinstance(m, _conv1d()))
+                Unit(f"{prefix}.{p}", m, "weight", role=roles[p], transposed=isinstance(m, conv1d()))
                 for p, m in found
             )
             stages = tuple(
                 stage
                 for k in range(4)
-                if (stage := tuple(u.name for (p, _), u in zip(found, units, strict=True) if _stage(p) == k))
+                if (stage := tuple(u.name for (p, _), u in zip(found, units, strict=True) if _stage(p, layout) == k))
             )
-            groups = [] if _heads_refusal(model, layer) else [_heads(prefix, layer)]
-            neurons = _neurons(prefix, layer)
-            groups += [neurons] if neurons is not None else []
+            groups = [] if heads_refusal(model, layer, layout) else [heads(prefix, layer, layout)]
+            mlp = neurons(prefix, layer, layout)
+            groups += [mlp] if mlp is not None else []
             blocks.append(Block(prefix, i, layer, units, tuple(groups), stages))
         return blocks
 
     def structured_refusal(self, model: nn.Module, kind: str) -> str | None:
         """Why ``model``'s blocks have no ``kind`` groups (``None``: they have)."""
-        layer = decoder_layers(model)[0][0]
+        layer, layout = decoder_layers(model)[0][0], layout_record(model)
         if kind == "heads":
-            return _heads_refusal(model, layer)
+            return heads_refusal(model, layer, layout)
         if kind == "neurons":
-            if _neurons("", layer) is not None:
+            if neurons("", layer, layout) is not None:
                 return None
             if any(p.dim() == 3 for p in layer.parameters()):
                 return f"{type(layer).__name__}'s MLP experts are fused 3-D parameters, whose neurons are not declared"
@@ -449,8 +325,8 @@ class DecoderAdapter:
         """Update what the modules do not infer from their tensors (Phi-3's head counts; module
         sizes such as ``Conv1D.nf`` are synced on removal, ``residual.register_size_syncs``) and
         record the layers' new sizes in ``model.config``."""
-        _sync_fused_attention(block.module)
-        sizes = [_sizes(model, b) for b in self.blocks(model)]
+        sync_fused_attention(block.module, layout_record(model))
+        sizes = [layer_sizes(model, b) for b in self.blocks(model)]
         record_layer_sizes(model.config, sizes, set(sizes[0]))
 
     def hidden_refusal(self, model: nn.Module, width: int | None) -> str | None:

@@ -1,17 +1,22 @@
-"""Architecture knowledge of transformers decoder families, as data: one ``ResidualLayout``
-record per ``model_type`` saying where the residual stream is read and written.
+"""Architecture knowledge of transformers decoder families, as data: one ``DecoderLayout``
+record per ``model_type``.
 
-A record names modules by path: inside a decoder layer (``readers``, ``writers``, ``norms``,
-``expert_params``) or from the model's root (``embeddings``, ``final_norm``). The
-``decoder`` adapter builds the ``hidden`` group from it (``secateurs_transformers.width``)::
+A record names modules by path: inside a decoder layer (``attention``, ``attention_out``,
+``mlp``, ``mlp_out``, ``router``, ``norms``, ``expert_params``) or from the model's root
+(``embeddings``, ``final_norm``). The ``decoder`` adapter takes from it::
 
-    readers   every projection whose input is the residual stream (after its norm): its
-              input columns are hidden channels (q/k/v, fused qkv, gate/up, an MoE router)
-    writers   every projection whose output is added to the residual stream: its output
-              rows (and bias) are hidden channels (o_proj, down_proj)
-    norms     every norm over the hidden width inside a layer (pre-norms, and the post-norms
-              of Gemma 2/3 and OLMo-2, which normalise a writer's output before it is added)
-    expert_params  fused 3-D expert tensors and the dimension that is the hidden width
+    stages    attention inputs → attention output → MLP inputs (router, experts) → MLP output
+              (true-sequential pruning, SparseGPT)
+    heads     one component per key/value head with its query heads: rows of the attention
+              inputs (a fused projection splits into query, key and value rows), columns of
+              ``attention_out`` (``secateurs_transformers.groups``)
+    neurons   rows of the MLP inputs (a fused ``gate_up`` splits in two halves), columns of
+              ``mlp_out``
+    hidden    every reader of the residual stream (attention and MLP inputs, the router:
+              their input columns), every writer (``attention_out``, ``mlp_out``: output rows
+              and bias), every norm over the width (``norms``, ``final_norm``), the embeddings
+              and fused expert tensors (``expert_params``: path and hidden dimension)
+              (``secateurs_transformers.width``)
 
 and how the width enters the computation:
 
@@ -21,34 +26,86 @@ and how the width enters the computation:
                      embeddings carry the ratio so the model keeps the constant it was
                      trained with
 
-A new family is one entry of ``RESIDUAL_LAYOUTS`` (``docs/adapters.md``, "Layout records").
-Families without a record fall back to ``width.derived_layout``: readers and writers from the
-layer's stages, norms found by probing their behaviour; refused where that cannot be told.
+``heads`` / ``hidden`` hold why a family's heads or width cannot be pruned (``None``: they can).
+
+A new family is one entry of ``LAYOUTS`` (``docs/adapters.md``, "The layout record of a
+family"). Families without a record fall back to name heuristics (``groups``: known MLP and
+attention module names; ``width.derived_layout``: readers and writers from those stages,
+norms found by probing their behaviour), refused where they cannot tell.
 """
 
 from __future__ import annotations
 
 import attrs
 
+DERIVED_HEAD_WIDTH = (
+    "its head width is hidden_size / num_attention_heads (no head_dim in its config), so a model with "
+    "fewer heads or a narrower stream cannot be saved"
+)
+QK_NORM_OVER_HEADS = "its q_norm/k_norm normalise all heads together"
+FUSED_EXPERTS = "its MLP experts are fused 3-D parameters, whose neurons are not declared"
+
 
 @attrs.frozen
-class ResidualLayout:
-    """Where one decoder family reads, writes and normalises its residual stream (module
-    docstring). Paths inside a layer, except ``embeddings`` and ``final_norm``."""
+class DecoderLayout:
+    """One decoder family's layout (module docstring). Paths inside a decoder layer, except
+    ``embeddings`` and ``final_norm``. One ``attention`` path is a fused query/key/value
+    projection; ``mlp_fused``: the one ``mlp`` path holds gate rows then up rows."""
 
-    readers: tuple[str, ...]
-    writers: tuple[str, ...]
+    attention: tuple[str, ...]
+    attention_out: str
+    mlp: tuple[str, ...]
+    mlp_out: str | None
     norms: tuple[str, ...]
     embeddings: tuple[str, ...] = ("model.embed_tokens",)
     final_norm: str = "model.norm"
+    mlp_fused: bool = False
+    router: str | None = None
     expert_params: tuple[tuple[str, int], ...] = ()
     norm_offset: bool = False
     embedding_scale: bool = False
+    heads: str | None = None
+    hidden: str | None = None
+
+    @property
+    def readers(self) -> tuple[str, ...]:
+        """Projections reading the residual stream (after its norm)."""
+        return (*self.attention, *self.mlp, *((self.router,) if self.router else ()))
+
+    @property
+    def writers(self) -> tuple[str, ...]:
+        """Projections whose output is added to the residual stream."""
+        return (self.attention_out, *((self.mlp_out,) if self.mlp_out else ()))
+
+    @property
+    def neurons(self) -> str | None:
+        """Why the MLP's neurons are not declared (``None``: they are)."""
+        return FUSED_EXPERTS if self.mlp_out is None else None
+
+    def stage(self, path: str) -> int | None:
+        """The true-sequential stage of the linear at ``path`` in a layer (an expert linear:
+        ``<experts path>.<index>.<param>``): 0 attention inputs, 1 attention output, 2 MLP
+        inputs, 3 MLP output; ``None`` when the record does not name it."""
+        if path in self.attention:
+            return 0
+        if path == self.attention_out:
+            return 1
+        if path in self.mlp or path == self.router:
+            return 2
+        if path == self.mlp_out:
+            return 3
+        owner, _, param = path.rpartition(".")
+        for expert, dim in self.expert_params:
+            if f"{owner.rpartition('.')[0]}.{param}" == expert:
+                return 2 if dim == 2 else 3
+        return None
 
 
-LLAMA = ResidualLayout(
-    readers=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"),
-    writers=("self_attn.o_proj", "mlp.down_proj"),
+LLAMA = DecoderLayout(
+    attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    attention_out="self_attn.o_proj",
+    mlp=("mlp.gate_proj", "mlp.up_proj"),
+    mlp_out="mlp.down_proj",
     norms=("input_layernorm", "post_attention_layernorm"),
 )
 """LLaMA, Mistral, Qwen2/3 (their q/k norms are over one head: not the residual width)."""
@@ -58,19 +115,63 @@ GEMMA2 = attrs.evolve(
     norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
 )
 """Gemma 2 and 3: a post-norm on each writer's output before it joins the stream."""
-OLMO2 = attrs.evolve(LLAMA, norms=("post_attention_layernorm", "post_feedforward_layernorm"))
-"""OLMo-2: no pre-norms (readers see the stream itself); its q/k norms span the heads, not the stream."""
-PHI3 = attrs.evolve(LLAMA, readers=("self_attn.qkv_proj", "mlp.gate_up_proj"))
+OLMO2 = attrs.evolve(LLAMA, norms=("post_attention_layernorm", "post_feedforward_layernorm"), heads=QK_NORM_OVER_HEADS)
+"""OLMo-2: no pre-norms (readers see the stream itself); q/k norms span all heads."""
+PHI3 = attrs.evolve(LLAMA, attention=("self_attn.qkv_proj",), mlp=("mlp.gate_up_proj",), mlp_fused=True)
 MIXTRAL = attrs.evolve(
     LLAMA,
-    readers=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate"),
-    writers=("self_attn.o_proj",),
+    mlp=(),
+    mlp_out=None,
+    router="mlp.gate",
     expert_params=(("mlp.experts.gate_up_proj", 2), ("mlp.experts.down_proj", 1)),
 )
-"""Mixtral: the router reads the stream; fused experts read (``gate_up_proj[e]``'s columns)
-and write it (``down_proj[e]``'s rows)."""
+"""Mixtral: the router reads the stream; fused experts read it (``gate_up_proj[e]``'s
+columns) and write it (``down_proj[e]``'s rows)."""
+STABLELM = attrs.evolve(LLAMA, heads=DERIVED_HEAD_WIDTH, hidden=DERIVED_HEAD_WIDTH)
+OPT = DecoderLayout(
+    attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    attention_out="self_attn.out_proj",
+    mlp=("fc1",),
+    mlp_out="fc2",
+    norms=("self_attn_layer_norm", "final_layer_norm"),
+    embeddings=("model.decoder.embed_tokens", "model.decoder.embed_positions"),
+    final_norm="model.decoder.final_layer_norm",
+    heads=DERIVED_HEAD_WIDTH,
+    hidden=DERIVED_HEAD_WIDTH,
+)
+GPT2 = DecoderLayout(
+    attention=("attn.c_attn",),
+    attention_out="attn.c_proj",
+    mlp=("mlp.c_fc",),
+    mlp_out="mlp.c_proj",
+    norms=("ln_1", "ln_2"),
+    embeddings=("transformer.wte", "transformer.wpe"),
+    final_norm="transformer.ln_f",
+    heads=DERIVED_HEAD_WIDTH,
+    hidden=DERIVED_HEAD_WIDTH,
+)
+"""GPT-2: ``Conv1D`` projections (weights stored ``[in, out]``)."""
+GPT_NEOX = DecoderLayout(
+    attention=("attention.query_key_value",),
+    attention_out="attention.dense",
+    mlp=("mlp.dense_h_to_4h",),
+    mlp_out="mlp.dense_4h_to_h",
+    norms=("input_layernorm", "post_attention_layernorm"),
+    embeddings=("gpt_neox.embed_in",),
+    final_norm="gpt_neox.final_layer_norm",
+    heads=DERIVED_HEAD_WIDTH,
+    hidden=DERIVED_HEAD_WIDTH,
+)
+FALCON = attrs.evolve(
+    GPT_NEOX,
+    attention=("self_attention.query_key_value",),
+    attention_out="self_attention.dense",
+    norms=(),  # which norms a layer has depends on new_decoder_architecture / parallel_attn
+    embeddings=("transformer.word_embeddings",),
+    final_norm="transformer.ln_f",
+)
 
-RESIDUAL_LAYOUTS: dict[str, ResidualLayout] = {
+LAYOUTS: dict[str, DecoderLayout] = {
     "llama": LLAMA,
     "mistral": LLAMA,
     "qwen2": LLAMA,
@@ -81,13 +182,10 @@ RESIDUAL_LAYOUTS: dict[str, ResidualLayout] = {
     "olmo2": OLMO2,
     "phi3": PHI3,
     "mixtral": MIXTRAL,
+    "stablelm": STABLELM,
+    "opt": OPT,
+    "gpt2": GPT2,
+    "gpt_neox": GPT_NEOX,
+    "falcon": FALCON,
 }
 """The declared layouts, by ``config.model_type``."""
-
-DERIVED_HEAD_WIDTH: dict[str, str] = dict.fromkeys(
-    ("gpt2", "gpt_neox", "falcon", "opt", "stablelm"),
-    "its head width is hidden_size / num_attention_heads",
-)
-"""Families whose attention computes its head width from the hidden size and head count (no
-``head_dim`` in the config): neither fewer heads nor a narrower stream can be saved as a
-config of that family."""

@@ -20,7 +20,8 @@ from __future__ import annotations
 import attrs
 from torch import nn
 
-from secateurs_transformers.decoder import DecoderAdapter, decoder_layers, llama_layout
+from secateurs_transformers.decoder import DecoderAdapter, decoder_layers
+from secateurs_transformers.groups import llama_layout
 
 
 @attrs.frozen

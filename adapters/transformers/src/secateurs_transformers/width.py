@@ -4,7 +4,7 @@
 The group's components are the hidden channels; channel ``i`` owns column ``i`` of every
 embedding and reader, row ``i`` (and bias entry) of every writer, entry ``i`` of every norm
 over the width, of an untied ``lm_head``'s input and of fused expert tensors, as the family's
-``ResidualLayout`` (``secateurs_transformers.layouts``) declares them.
+``DecoderLayout`` (``secateurs_transformers.layouts``) declares them (``readers``, ``writers``).
 
 Removal keeps the smaller model equal to the zeroed one (every entry of the removed channels
 set to zero), up to each norm's epsilon: an RMS norm over ``d'`` of ``d`` channels divides
@@ -33,7 +33,8 @@ from torch import nn
 
 from secateurs.structured import register_size_sync, remove_components
 from secateurs.types import HIDDEN, Group, ParamSlice
-from secateurs_transformers.layouts import DERIVED_HEAD_WIDTH, RESIDUAL_LAYOUTS, ResidualLayout
+from secateurs_transformers.groups import layout_record
+from secateurs_transformers.layouts import DecoderLayout
 
 PROBE_TOLERANCE = 1e-2
 """Relative tolerance of the norm probes (bfloat16 models)."""
@@ -41,9 +42,9 @@ PROBE_TOLERANCE = 1e-2
 
 @attrs.frozen(eq=False)
 class Residual:
-    """A model's ``ResidualLayout`` resolved to its modules."""
+    """A model's ``DecoderLayout`` resolved to its modules."""
 
-    layout: ResidualLayout
+    layout: DecoderLayout
     width: int
     readers: tuple[nn.Module, ...]
     writers: tuple[nn.Module, ...]
@@ -61,15 +62,15 @@ def _layers(model: nn.Module) -> nn.ModuleList:
     return decoder_layers(model)[0]
 
 
-def layout_of(model: nn.Module) -> ResidualLayout | str:
+def layout_of(model: nn.Module) -> DecoderLayout | str:
     """``model``'s declared layout, else the one derived from it, else why there is none."""
-    model_type = getattr(model.config, "model_type", "")
-    if model_type in DERIVED_HEAD_WIDTH:
-        return f"{model_type}: {DERIVED_HEAD_WIDTH[model_type]}, so a narrower model cannot be saved"
-    return RESIDUAL_LAYOUTS.get(model_type) or derived_layout(model)
+    record = layout_record(model)
+    if record is None:
+        return derived_layout(model)
+    return record if record.hidden is None else f"{model.config.model_type}: {record.hidden}"
 
 
-def resolve(model: nn.Module, layout: ResidualLayout) -> Residual:
+def resolve(model: nn.Module, layout: DecoderLayout) -> Residual:
     """The modules ``layout`` names in ``model`` (``KeyError``-free: ``hidden_refusal`` checked)."""
     layers = _layers(model)
 
@@ -264,25 +265,27 @@ def _named_norms(layer: nn.Module, width: int) -> Iterator[tuple[str, str | None
                 yield path, norm_kind(module, width)
 
 
-def derived_layout(model: nn.Module) -> ResidualLayout | str:
-    """The layout of a family without a record, derived from the model: readers and writers
-    from the layer's stages (attention and MLP inputs / outputs whose width is the hidden
-    size), norms by ``norm_kind``; or why it cannot be derived (fused experts, position
-    embeddings, a norm that is not an RMS norm, no final norm)."""
+def derived_layout(model: nn.Module) -> DecoderLayout | str:
+    """The residual part of the layout of a family without a record, derived from the model:
+    readers and writers from the layer's stages (attention and MLP inputs / outputs whose
+    width is the hidden size), norms by ``norm_kind``; or why it cannot be derived (fused
+    experts, position embeddings, a norm that is not an RMS norm, no final norm). Its
+    ``mlp_fused`` is not known (the fallback ``groups`` finds neurons by name)."""
     from secateurs_transformers.decoder import _linears, _stage
 
     width = model.config.hidden_size
     layer = _layers(model)[0]
     if any(p.dim() == 3 for p in layer.parameters()):
         return f"{type(layer).__name__} has fused 3-D expert tensors and its family no layout record"
-    readers, writers = [], []
+    by_stage: dict[int, list[str]] = {0: [], 1: [], 2: [], 3: []}
     for path, module in _linears(layer):
         if not isinstance(module, nn.Linear):
             return f"{path} is a {type(module).__name__}, not nn.Linear"
-        if _stage(path) in (0, 2) and module.in_features == width:
-            readers.append(path)
-        elif _stage(path) in (1, 3) and module.out_features == width:
-            writers.append(path)
+        stage = _stage(path)
+        if module.in_features == width if stage in (0, 2) else module.out_features == width:
+            by_stage[stage].append(path)
+    if len(by_stage[1]) != 1 or len(by_stage[3]) != 1:
+        return f"{type(layer).__name__} has no single attention output and MLP output writing the hidden width"
     norms = list(_named_norms(layer, width))
     kinds = {kind for _, kind in norms}
     if not norms or None in kinds or len(kinds) > 1:
@@ -299,9 +302,11 @@ def derived_layout(model: nn.Module) -> ResidualLayout | str:
              if kind in kinds and "." not in p]
     if len(final) != 1:
         return f"no single final norm over the hidden width in {type(base).__name__}; add a layout record"
-    return ResidualLayout(
-        readers=tuple(readers),
-        writers=tuple(writers),
+    return DecoderLayout(
+        attention=tuple(by_stage[0]),
+        attention_out=by_stage[1][0],
+        mlp=tuple(by_stage[2]),
+        mlp_out=by_stage[3][0],
         norms=tuple(p for p, _ in norms),
         embeddings=(names[embedding],),
         final_norm=final[0],
