@@ -1,6 +1,6 @@
 """Sized runs (``[sizes]``, ``target_params``: ``secateurs.shapes``): every check that needs
-no weight refuses before the model loads, with one line and nothing written; the recipe
-fields parse and round-trip."""
+no weight refuses before the model loads, with one line and nothing written (sizes against
+the model's config.json included); the recipe fields parse and round-trip."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ def _refused_before_load(capsys, tmp_path, args, *needles) -> None:
         (['applier = "sparsegpt"', "[sizes]", "num_hidden_layers = 1"], ("remove the recipe's applier 'sparsegpt'",)),
         (['target_params = "50K"', "[sizes]", "num_hidden_layers = 1"], ("either [sizes] or target_params",)),
         (["[sizes]", "num_hidden_layers = 3"], ("[sizes] num_hidden_layers = 3 is larger than", "'s 2")),
+        (["[sizes]", "hidden_size = 65"], ("[sizes] hidden_size = 65 is larger than", "'s 64")),
+        (["[sizes]", "hidden_size = 30"], ("hidden_size = 30 is not a multiple of num_attention_heads = 4",
+                                           "set hidden_size = 28 or 32")),
+        (["[sizes]", "num_attention_heads = 3"], ("not a multiple of the model's 2 query heads per key/value head",
+                                                  "set num_attention_heads = 2 or 4")),
+        (["[sizes]", "num_hidden_layers = 2", "hidden_size = 64"],
+         ("nothing to remove:", "already has num_hidden_layers = 2, hidden_size = 64")),
         (["[sizes]", "num_hidden_layers = 1", "[scorers]", 'layers = "nope"'], ("unknown scorer 'nope'",)),
         (["[sizes]", "num_hidden_layers = 1", "[scorers]", 'layers = "magnitude"'], ("cannot score whole layers",)),
         (["[sizes]", "intermediate_size = 8", "[scorers]", 'neurons = "skip-loss"'], ("scores whole layers",)),
@@ -57,7 +64,7 @@ def _refused_before_load(capsys, tmp_path, args, *needles) -> None:
         (['sparsity = 0.5', 'scorer = "magnitude"', "[scorers]", 'layers = "skip-loss"'], ("[scorers] names the scorers",)),
     ],
     ids=["unknown key", "zero", "fraction", "string", "sparsity", "granularity", "scorer", "applier", "both",
-         "more layers", "unknown scorer", "entry scorer for layers", "layer scorer for neurons", "unknown step",
+         "more layers", "wider", "hidden not a multiple of heads", "query heads", "same sizes", "unknown scorer", "entry scorer for layers", "layer scorer for neurons", "unknown step",
          "unused step", "bad target", "target and max_memory", "scorers without sizes"],
 )
 def test_sized_recipes_refuse_before_the_model_loads(tmp_path, tiny_lm_dir, text_file, capsys, no_load, lines, needles):

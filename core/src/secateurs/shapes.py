@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -81,9 +81,7 @@ def model_sizes(loaded: LoadedModel, keys: Sequence[str] = tuple(SIZE_STEPS)) ->
     ``num_key_value_heads`` has one per attention head); ``SecateursError`` when the model
     has no such config field."""
     config = getattr(loaded.model, "config", None)
-    sizes = {key: getattr(config, key, None) for key in keys}
-    if "num_key_value_heads" in sizes and sizes["num_key_value_heads"] is None:  # no GQA: one per head
-        sizes["num_key_value_heads"] = getattr(config, "num_attention_heads", None)
+    sizes = _read(lambda key: getattr(config, key, None), keys)
     missing = [key for key, value in sizes.items() if not isinstance(value, int) or isinstance(value, bool)]
     if missing:
         raise SecateursError(
@@ -91,6 +89,23 @@ def model_sizes(loaded: LoadedModel, keys: Sequence[str] = tuple(SIZE_STEPS)) ->
             "[sizes] and target_params need a transformers decoder's config"
         )
     return sizes
+
+
+def _read(get: Callable[[str], Any], keys: Sequence[str]) -> dict[str, Any]:
+    """``keys`` by ``get``; ``num_key_value_heads`` is ``num_attention_heads`` without GQA."""
+    sizes = {key: get(key) for key in keys}
+    if "num_key_value_heads" in sizes and sizes["num_key_value_heads"] is None:
+        sizes["num_key_value_heads"] = get("num_attention_heads")
+    return sizes
+
+
+def size_keys(sizes: Mapping[str, int]) -> list[str]:
+    """The model sizes ``sized_steps`` reads for ``sizes``: the stated ones, and both head
+    counts when heads or the hidden size are stated."""
+    keys = set(sizes)
+    if keys & {"hidden_size", "num_attention_heads", "num_key_value_heads"}:
+        keys |= {"num_attention_heads", "num_key_value_heads"}
+    return [k for k in SIZE_STEPS if k in keys]
 
 
 def sized_steps(current: Mapping[str, int], sizes: Mapping[str, int], source: str) -> list[Step]:
@@ -128,12 +143,8 @@ def sized_steps(current: Mapping[str, int], sizes: Mapping[str, int], source: st
 
 
 def plan_sizes(loaded: LoadedModel, sizes: Mapping[str, int]) -> list[Step]:
-    """``sized_steps`` from ``loaded``'s config: the stated sizes, and the head counts when
-    heads or the hidden size are stated."""
-    keys = set(sizes)
-    if keys & {"hidden_size", "num_attention_heads", "num_key_value_heads"}:
-        keys |= {"num_attention_heads", "num_key_value_heads"}
-    return sized_steps(model_sizes(loaded, [k for k in SIZE_STEPS if k in keys]), sizes, loaded.source)
+    """``sized_steps`` from ``loaded``'s config (``size_keys``)."""
+    return sized_steps(model_sizes(loaded, size_keys(sizes)), sizes, loaded.source)
 
 
 def _heads(current: Mapping[str, int], sizes: Mapping[str, int]) -> dict[str, int]:
@@ -391,7 +402,8 @@ def preflight_shaped(recipe: Recipe, parts: Any, manager: PluginManager, *, cali
     (``parts``: ``run.RunParts``; a step's sparsity is known only once the model's config is
     read, so the checks see a stand-in), each step's granularity defined by the adapters
     (``hidden`` of a ``target_params`` run is optional), the calibration a search ranks by,
-    the model's seqlen limits, and a ``num_hidden_layers`` above the model's."""
+    the model's seqlen limits, and ``sized_steps`` on the sizes its config files give
+    (``ModelFacts.sizes``)."""
     steps = steps_of(recipe)
     unused = sorted(set(recipe.scorers) - set(steps))
     if unused:
@@ -403,7 +415,7 @@ def preflight_shaped(recipe: Recipe, parts: Any, manager: PluginManager, *, cali
     if recipe.target_params is not None and not calibrated:
         raise SecateursError("target_params ranks candidates by calibration loss; add a [calibration] table")
     facts = check_against_model(recipe.model, (parts.calibration, parts.evaluator), manager, recipe.adapter)
-    want = (recipe.sizes or {}).get("num_hidden_layers")
-    if facts is not None and facts.layers is not None and want is not None and want > facts.layers:
-        raise SecateursError(f"[sizes] num_hidden_layers = {want} is larger than {facts.source}'s {facts.layers}; "
-                             "pruning only shrinks")
+    if recipe.sizes is not None and facts is not None:
+        current = _read(facts.sizes.get, size_keys(recipe.sizes))
+        if all(isinstance(v, int) for v in current.values()):  # else checked once the model is loaded
+            sized_steps(current, recipe.sizes, facts.source)

@@ -184,11 +184,14 @@ class InputStats:
 class ModelFacts:
     """What a model's own files say before any weight is read (``DescribingAdapter.describe``):
     ``source`` names the model in messages; ``max_positions`` is its maximum sequence length
-    (``None``: it records none); ``layers`` is its number of blocks (``None``: unknown)."""
+    (``None``: it records none); ``layers`` is its number of blocks (``None``: unknown);
+    ``sizes`` are its config's integer fields by name (``hidden_size``, ``num_attention_heads``...;
+    empty: unknown)."""
 
     source: str
     max_positions: int | None = None
     layers: int | None = None
+    sizes: Mapping[str, int] = attrs.field(factory=dict, eq=False)
 
 
 @attrs.frozen(eq=False)

@@ -52,7 +52,8 @@ def folder_facts(path: Path, accepts: Callable[[dict[str, Any]], bool]) -> Model
     except (ValueError, KeyError, OSError):
         return None
     layers = getattr(parsed, "num_hidden_layers", None)
-    return ModelFacts(str(path), getattr(parsed, "max_position_embeddings", None), layers if isinstance(layers, int) else None)
+    sizes = {k: v for k, v in parsed.to_dict().items() if isinstance(v, int) and not isinstance(v, bool)}
+    return ModelFacts(str(path), getattr(parsed, "max_position_embeddings", None), layers if isinstance(layers, int) else None, sizes)
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
