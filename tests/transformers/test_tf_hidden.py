@@ -21,6 +21,7 @@ import transformers
 from torch import nn
 
 import secateurs
+from cli_run import run_cli
 from families import DECODERS, token_batches, tiny_model
 from secateurs.errors import SecateursError
 from secateurs.pipeline import prune_model
@@ -193,3 +194,15 @@ def test_a_width_the_config_cannot_save_is_refused_before_any_work_with_the_near
         prune_model(loaded(model), hidden_spec(sparsity=8 / 36))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert prune_model(loaded(model), hidden_spec(sparsity=9 / 36)).records["hidden"]["size_after"] == 27
+
+
+def test_the_cli_narrows_the_hidden_width_and_says_so(tiny_lm_dir, text_file, tmp_path, capsys):
+    recipe = tmp_path / "width.toml"
+    recipe.write_text(
+        f'model = "{tiny_lm_dir}"\noutput = "{tmp_path / "out"}"\nsparsity = 0.25\ngranularity = "hidden"\n'
+        f'scorer = "activation"\n[calibration]\nname = "text"\ncorpus = "{text_file}"\nnsamples = 2\nseqlen = 32\n'
+    )
+    code, out, err = run_cli(["prune", str(recipe), "-q"], capsys)
+    assert code == 0, err
+    assert out.startswith("narrowed the hidden width from 64 to 48 (")
+    assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.hidden_size == 48

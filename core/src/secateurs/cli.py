@@ -151,17 +151,8 @@ def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> No
         )
     outcome = run_prune(loaded_recipe, overwrite=overwrite, progress=not quiet, reads=[("recipe", recipe)])
     result = outcome.result
-    depth = result.records.get("layers")  # granularity = "layers": secateurs.depth
-    steps = result.records.get("steps")  # [sizes] or target_params: secateurs.shapes
-    done = (
-        "pruned to " + ", ".join(f"{k} = {v}" for step in steps for k, v in step["after"].items())
-        if steps
-        else f"removed {len(depth['removed'])} of {depth['layers_before']} layers"
-        if depth
-        else f"pruned {len(result.units)} units to {result.sparsity:.2%} sparsity"
-    )
     click.echo(
-        f"{done} ({result.params_kept:,} of {result.params_total:,} parameters kept) "
+        f"{_what_was_done(result)} ({result.params_kept:,} of {result.params_total:,} parameters kept) "
         f"in {result.timings['total']:.1f} s"
     )
     if outcome.before is not None:
@@ -169,6 +160,20 @@ def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> No
             click.echo(f"{metric}: {outcome.before[metric]:.4g} before, {value:.4g} after")
     if outcome.output is not None:
         click.echo(f"saved to {outcome.output}")
+
+
+def _what_was_done(result: Any) -> str:
+    """One phrase for a finished run (a ``PruneResult``): the sizes a sized run reached
+    (``secateurs.shapes``), the layers removed (``secateurs.depth``), the hidden width
+    (``secateurs.width``), else the units' sparsity."""
+    records = result.records
+    if records.get("steps"):
+        return "pruned to " + ", ".join(f"{k} = {v}" for step in records["steps"] for k, v in step["after"].items())
+    if "layers" in records:
+        return f"removed {len(records['layers']['removed'])} of {records['layers']['layers_before']} layers"
+    if "hidden" in records:
+        return f"narrowed the hidden width from {records['hidden']['size_before']} to {records['hidden']['size_after']}"
+    return f"pruned {len(result.units)} units to {result.sparsity:.2%} sparsity"
 
 
 @cli.command("eval", epilog=example("secateurs eval out/smollm2-wanda-50 --set corpus='\"nyt-test\"' --set seqlen=512"))
