@@ -54,7 +54,7 @@ class Distribution:
 
 DISTRIBUTIONS = (
     Distribution("secateurs-transformers", "pip install secateurs-transformers",
-                 ("smollm2-135m", "minilm-l6"), _transformers_folder),
+                 ("smollm2-135m", "gemma3-270m", "minilm-l6"), _transformers_folder),
     Distribution("secateurs-timm", "pip install 'secateurs-timm[timm]'", ("fashion-mnist-*",), _timm_folder),
 )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from secateurs.hookspecs import hookimpl
 from secateurs.references import lazy
 
-PACKAGED_MODELS = ("smollm2-135m", "minilm-l6")
+PACKAGED_MODELS = ("smollm2-135m", "gemma3-270m", "minilm-l6")
 """The names of ``secateurs_transformers.packaged.packaged_models()``."""
 
 
