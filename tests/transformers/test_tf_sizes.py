@@ -108,6 +108,7 @@ def test_target_params_picks_the_lowest_loss_candidate_within_tolerance(family, 
     assert all(abs(r["params"] - target) <= TOLERANCE * target for r in rows)
     chosen = min(rows, key=lambda r: r["loss"])
     assert search["chosen"] == chosen["name"] and outcome.result.params_kept == chosen["params"]
+    assert outcome.result.timings["total"] > outcome.result.timings["search"] > 0
     assert {k: getattr(outcome.loaded.model.config, k) for k in chosen["sizes"]} == chosen["sizes"]
     assert any(r["sizes"]["num_hidden_layers"] < 4 for r in rows) and any(r["name"] == "width" for r in rows)
     err = capsys.readouterr().err

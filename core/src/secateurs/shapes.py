@@ -317,7 +317,8 @@ def search(loaded: LoadedModel, target: int, grid: Sequence[Candidate], parts: S
     """Prune a copy of ``loaded`` to each of ``grid``, measure each copy's calibration
     next-token loss, print the table on stderr (``parts.progress``), then prune ``loaded``
     itself to the lowest-loss candidate. ``records["search"]`` holds the target, every
-    candidate (sizes, estimated and real parameter counts, loss) and the choice."""
+    candidate (sizes, estimated and real parameter counts, loss) and the choice;
+    ``timings["search"]`` the candidates' time, also counted in ``timings["total"]``."""
     from secateurs.builtins.layers import next_token_loss
 
     if not parts.calibration:
@@ -340,6 +341,7 @@ def search(loaded: LoadedModel, target: int, grid: Sequence[Candidate], parts: S
     searched = time.perf_counter() - start
     result = run_steps(loaded, plan_sizes(loaded, grid[best].sizes), parts)
     result.timings["search"] = searched
+    result.timings["total"] = result.timings.get("total", 0.0) + searched  # the whole run
     result.records["search"] = {"target_params": target, "tolerance": TOLERANCE, "candidates": rows,
                                 "chosen": rows[best]["name"]}
     return result
