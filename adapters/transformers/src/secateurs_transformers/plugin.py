@@ -1,5 +1,6 @@
 """secateurs plugin: transformers adapters, packaged transformers models, the lm-eval
-evaluator; all registered by reference, imported when first built."""
+evaluator, the compressed-tensors exporter; all registered by reference, imported when
+first built."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def secateurs_register_adapters(register) -> None:
 @hookimpl
 def secateurs_register_evaluators(register) -> None:
     register("lm-eval", "secateurs_transformers.lm_eval_evaluator:LmEval")
+
+
+@hookimpl
+def secateurs_register_exporters(register) -> None:
+    register("compressed-tensors", "secateurs_transformers.compressed:CompressedTensorsExporter")
 
 
 @hookimpl
