@@ -79,11 +79,13 @@ def test_a_recipe_exports_compressed_with_the_tokenizer_and_report(tiny_lm_dir, 
     out = tmp_path / "out"
     secateurs.prune({
         "model": str(tiny_lm_dir), "output": str(out), "sparsity": 0.5, "scorer": "magnitude",
-        "exporters": ["compressed-tensors", "report"],
+        "exporters": [{"name": "compressed-tensors", "format": "sparse-bitmask"}, "report"],
         "calibration": {"name": "text", "corpus": str(text_file), "nsamples": 2, "seqlen": 16},
     }, manager=manager(), progress=False)
     files = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "report.json"} <= files
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["sparsity_config"]["format"] == "sparse-bitmask"
     assert load_compressed(out).config.architectures == ["LlamaForCausalLM"]
 
 
