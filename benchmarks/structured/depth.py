@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,23 +130,26 @@ def time_all(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         row["decode_tok_s"] = args.decode / statistics.median(row.pop("decode"))
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], shape: str = "layers",
+          shape_of: Callable[[dict[str, Any]], str] = lambda row: str(LAYERS - row["removed"])) -> str:
+    """The Markdown table of timed ``rows`` (the dense model first); the ``shape`` column
+    holds ``shape_of(row)``."""
     dense = rows[0]
     lines = [
-        "| model | layers | params | file MB | perplexity | prefill tok/s | decode tok/s | prefill × | decode × |",
+        f"| model | {shape} | params | file MB | perplexity | prefill tok/s | decode tok/s | prefill × | decode × |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['model']} | {LAYERS - row['removed']} | {row['params_reloaded'] / 1e6:.1f}M | {row['file_mb']:.0f} | "
+            f"| {row['model']} | {shape_of(row)} | {row['params_reloaded'] / 1e6:.1f}M | {row['file_mb']:.0f} | "
             f"{row['perplexity']:.2f} | {row['prefill_tok_s']:.0f} | {row['decode_tok_s']:.1f} | "
             f"{row['prefill_tok_s'] / dense['prefill_tok_s']:.2f} | {row['decode_tok_s'] / dense['decode_tok_s']:.2f} |"
         )
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Calibration, evaluation and timing options shared by the structured benchmarks."""
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--eval-windows", type=int, default=32)
@@ -153,6 +157,11 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=512)
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--reps", type=int, default=5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_options(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="secateurs-depth-") as work:
         rows = prune_all(args, Path(work))

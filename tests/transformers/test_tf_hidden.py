@@ -16,13 +16,11 @@ import copy
 import functools
 
 import pytest
+import secateurs
 import torch
 import transformers
-from torch import nn
-
-import secateurs
 from cli_run import run_cli
-from families import DECODERS, token_batches, tiny_model
+from families import DECODERS, tiny_model, token_batches
 from secateurs.errors import SecateursError
 from secateurs.pipeline import prune_model
 from secateurs.protocols import LoadedModel
@@ -31,7 +29,9 @@ from secateurs.types import PruneResult
 from secateurs.width import residual_stats
 from secateurs_transformers import width
 from secateurs_transformers.layouts import LAYOUTS
-from tf_models import manager, spec
+from tf_models import decoder_loaded as loaded
+from tf_models import logits, manager, spec, text_recipe
+from torch import nn
 
 NARROWED = [f for f in DECODERS if LAYOUTS[tiny_model(f).config.model_type].hidden is None]
 REFUSED = [f for f in DECODERS if f not in NARROWED]
@@ -40,17 +40,10 @@ EPSILONS = ("variance_epsilon", "eps")
 """Where transformers' RMS norms keep their epsilon."""
 
 
-def loaded(model: nn.Module, family: str = "tiny") -> LoadedModel:
-    return LoadedModel(model, manager().adapters.create("decoder"), f"tiny-{family}")
-
 
 def hidden_spec(scorer: str = "magnitude", sparsity: float = 0.25, calibration=None):
     return spec("zero", "hidden", scorer=scorer, sparsity=sparsity, calibration=calibration)
 
-
-def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids, use_cache=False).logits
 
 
 @functools.cache
@@ -197,11 +190,7 @@ def test_a_width_the_config_cannot_save_is_refused_before_any_work_with_the_near
 
 
 def test_the_cli_narrows_the_hidden_width_and_says_so(tiny_lm_dir, text_file, tmp_path, capsys):
-    recipe = tmp_path / "width.toml"
-    recipe.write_text(
-        f'model = "{tiny_lm_dir}"\noutput = "{tmp_path / "out"}"\nsparsity = 0.25\ngranularity = "hidden"\n'
-        f'scorer = "activation"\n[calibration]\nname = "text"\ncorpus = "{text_file}"\nnsamples = 2\nseqlen = 32\n'
-    )
+    recipe = text_recipe(tmp_path / "recipe.toml", tiny_lm_dir, text_file, tmp_path / "out", sparsity=0.25, granularity="hidden", scorer="activation")
     code, out, err = run_cli(["prune", str(recipe), "-q"], capsys)
     assert code == 0, err
     assert out.startswith("narrowed the hidden width from 64 to 48 (")

@@ -12,11 +12,9 @@ import functools
 import json
 
 import pytest
+import secateurs
 import torch
 import transformers
-from torch import nn
-
-import secateurs
 from cli_run import run_cli
 from families import DECODERS, _configs, tiny_model, token_batches
 from secateurs.errors import SecateursError
@@ -24,7 +22,9 @@ from secateurs.pipeline import prune_model
 from secateurs.protocols import LoadedModel
 from secateurs.types import PruneResult
 from secateurs_transformers.decoder import decoder_layers
-from tf_models import manager, spec
+from tf_models import decoder_loaded as loaded
+from tf_models import logits, manager, spec, text_recipe
+from torch import nn
 
 LAYERS = 4
 SEQLEN = 20
@@ -41,9 +41,6 @@ def deep_model(family: str) -> nn.Module:
     return transformers.AutoModelForCausalLM.from_config(config).float().eval()
 
 
-def loaded(model: nn.Module, family: str = "tiny") -> LoadedModel:
-    return LoadedModel(model, manager().adapters.create("decoder"), f"tiny-{family}")
-
 
 def layers_spec(scorer: str = "block-influence", sparsity: float = 0.5, calibration=None):
     return spec("zero", "layers", scorer=scorer, sparsity=sparsity,
@@ -57,10 +54,6 @@ def pruned(family: str) -> tuple[nn.Module, LoadedModel, PruneResult]:
     lm = loaded(copy.deepcopy(dense), family)
     return dense, lm, prune_model(lm, layers_spec())
 
-
-def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids, use_cache=False).logits
 
 
 def skip_hook(module: nn.Module, args: tuple, kwargs: dict, output):
@@ -196,11 +189,7 @@ def test_runs_that_cannot_remove_layers_are_refused_before_loading(change, needl
 
 
 def test_the_cli_removes_layers_and_says_how_many(tiny_lm_dir, text_file, tmp_path, capsys):
-    recipe = tmp_path / "depth.toml"
-    recipe.write_text(
-        f'model = "{tiny_lm_dir}"\noutput = "{tmp_path / "out"}"\nsparsity = 0.5\ngranularity = "layers"\n'
-        f'scorer = "skip-loss"\n[calibration]\nname = "text"\ncorpus = "{text_file}"\nnsamples = 2\nseqlen = 32\n'
-    )
+    recipe = text_recipe(tmp_path / "recipe.toml", tiny_lm_dir, text_file, tmp_path / "out", sparsity=0.5, granularity="layers", scorer="skip-loss")
     code, out, err = run_cli(["prune", str(recipe), "-q"], capsys)
     assert code == 0, err
     assert out.startswith("removed 1 of 2 layers (")

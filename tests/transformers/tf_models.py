@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 import torch
-
 from lm_models import tiny_causal_lm
 from secateurs.pipeline import PruneSpec
-from secateurs.testing import quiet_spec
 from secateurs.plugins import LOAD_PLUGINS_ENV, PluginManager
 from secateurs.protocols import LoadedModel
+from secateurs.testing import quiet_spec
 
 
 @functools.cache
@@ -94,3 +94,24 @@ def spec(applier: str, granularity: str = "unstructured", *, sparsity: float = 0
     return quiet_spec(applier, granularity, scorer=scorer, sparsity=sparsity, allocator=allocator,
                       calibration=calibration, applier_params=applier_params, allocator_params=allocator_params,
                       manager=manager(plugins))
+
+
+def text_recipe(path: Path, model: Path, corpus: Path, output: Path, **keys: str | float) -> Path:
+    """A recipe file at ``path`` pruning ``model`` into ``output`` with ``keys`` (scorer,
+    granularity, sparsity...) and 2 × 32 tokens of ``corpus`` as calibration."""
+    lines = [f'model = "{model}"', f'output = "{output}"']
+    lines += [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in keys.items()]
+    lines += ["[calibration]", 'name = "text"', f'corpus = "{corpus}"', "nsamples = 2", "seqlen = 32"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def decoder_loaded(model: torch.nn.Module, family: str = "tiny") -> LoadedModel:
+    """``model`` with the ``decoder`` adapter."""
+    return LoadedModel(model, manager().adapters.create("decoder"), f"tiny-{family}")
+
+
+def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """``model``'s logits for ``ids`` (no cache, no grad)."""
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits
