@@ -110,7 +110,7 @@ def test_an_unknown_format_is_refused():
 def test_a_model_without_pruned_linear_weights_is_refused(tmp_path):
     loaded = loaded_tiny("llama")
     result = prune_model(loaded, spec("remove", "heads"))
-    _refused(loaded, result, tmp_path, "found no pruned Linear weight .*use the safetensors exporter")
+    _refused(loaded, result, tmp_path, "found no pruned nn.Linear weight .*use the safetensors exporter")
 
 
 def test_layers_of_different_sizes_are_refused(tmp_path):

@@ -104,8 +104,8 @@ def pruned_linears(model: nn.Module, result: PruneResult) -> dict[str, torch.Ten
     }
     if not weights:
         raise SecateursError(
-            "the compressed-tensors exporter found no pruned Linear weight (structured or depth "
-            "pruning leaves dense weights): use the safetensors exporter"
+            "the compressed-tensors exporter found no pruned nn.Linear weight (structured, depth and "
+            "width pruning leave dense weights; GPT-2's Conv1D is not nn.Linear): use the safetensors exporter"
         )
     for name, weight in weights.items():
         if weight.dtype not in DTYPES:
