@@ -30,7 +30,7 @@ from secateurs.width import residual_stats
 from secateurs_transformers import width
 from secateurs_transformers.layouts import LAYOUTS
 from tf_models import decoder_loaded as loaded
-from tf_models import logits, manager, spec, text_recipe
+from tf_models import logits, reloads_plainly, spec, text_recipe
 from torch import nn
 
 NARROWED = [f for f in DECODERS if LAYOUTS[tiny_model(f).config.model_type].hidden is None]
@@ -84,18 +84,8 @@ def test_zeroing_the_chosen_channels_equals_removing_them(family):
 @pytest.mark.parametrize("family", NARROWED)
 def test_the_narrower_model_reloads_plainly_generates_and_counts_the_report(family, tmp_path):
     dense, lm, result = narrowed(family)
-    for name in ("safetensors", "report"):
-        manager().exporters.create(name).export(lm, result, tmp_path)
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(reloaded) is type(lm.model) and not (tmp_path / "secateurs_resized.py").exists()
+    reloaded = reloads_plainly(dense, lm, result, tmp_path, token_batches(SEQLEN, seed=2)[0]["input_ids"])
     assert reloaded.config.hidden_size == 24
-    ids = token_batches(SEQLEN, seed=2)[0]["input_ids"]
-    torch.testing.assert_close(logits(reloaded, ids), logits(lm.model, ids))
-    assert sum(p.numel() for p in reloaded.parameters()) == result.params_total - result.params_pruned
-    assert result.params_total == sum(p.numel() for p in dense.parameters())
-    settings = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
-    with torch.no_grad():
-        assert torch.equal(reloaded.generate(ids[:1, :6], **settings), lm.model.generate(ids[:1, :6], **settings))
     tied = dense.get_output_embeddings().weight is dense.get_input_embeddings().weight
     assert (reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight) == tied
 

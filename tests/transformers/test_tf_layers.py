@@ -23,7 +23,7 @@ from secateurs.protocols import LoadedModel
 from secateurs.types import PruneResult
 from secateurs_transformers.decoder import decoder_layers
 from tf_models import decoder_loaded as loaded
-from tf_models import logits, manager, spec, text_recipe
+from tf_models import logits, manager, reloads_plainly, spec, text_recipe
 from torch import nn
 
 LAYERS = 4
@@ -84,20 +84,7 @@ def test_skipping_the_chosen_layers_equals_removing_them(family):
 @pytest.mark.parametrize("family", DECODERS)
 def test_the_smaller_model_reloads_plainly_generates_and_counts_the_report(family, tmp_path):
     dense, lm, result = pruned(family)
-    for name in ("safetensors", "report"):
-        manager().exporters.create(name).export(lm, result, tmp_path)
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(reloaded) is type(lm.model) and not (tmp_path / "secateurs_resized.py").exists()
-    ids = token_batches(SEQLEN, seed=2)[0]["input_ids"]
-    torch.testing.assert_close(logits(reloaded, ids), logits(lm.model, ids))
-    assert sum(p.numel() for p in reloaded.parameters()) == result.params_total - result.params_pruned
-    assert result.params_total == sum(p.numel() for p in dense.parameters())
-
-    settings = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
-    with torch.no_grad():
-        want = lm.model.generate(ids[:1, :6], **settings)
-        got = reloaded.generate(ids[:1, :6], **settings)
-    assert torch.equal(got, want) and got.shape[1] == 11
+    reloaded = reloads_plainly(dense, lm, result, tmp_path, token_batches(SEQLEN, seed=2)[0]["input_ids"])
 
     config = json.loads((tmp_path / "config.json").read_text())
     dense_config = dense.config.to_dict()

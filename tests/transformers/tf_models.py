@@ -115,3 +115,25 @@ def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """``model``'s logits for ``ids`` (no cache, no grad)."""
     with torch.no_grad():
         return model(input_ids=ids, use_cache=False).logits
+
+
+def reloads_plainly(dense: torch.nn.Module, lm: LoadedModel, result, folder: Path, ids: torch.Tensor) -> torch.nn.Module:
+    """Export ``lm`` (pruned from ``dense``, ``result``) to ``folder`` and check the folder:
+    plain ``AutoModelForCausalLM.from_pretrained`` builds the same class without
+    ``secateurs_resized.py``, gives the same logits and greedy tokens for ``ids`` and counts
+    the report's parameters. Returns the reloaded model."""
+    import transformers
+
+    for name in ("safetensors", "report"):
+        manager().exporters.create(name).export(lm, result, folder)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert type(reloaded) is type(lm.model) and not (folder / "secateurs_resized.py").exists()
+    torch.testing.assert_close(logits(reloaded, ids), logits(lm.model, ids))
+    assert sum(p.numel() for p in reloaded.parameters()) == result.params_total - result.params_pruned
+    assert result.params_total == sum(p.numel() for p in dense.parameters())
+    settings = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        want = lm.model.generate(ids[:1, :6], **settings)
+        got = reloaded.generate(ids[:1, :6], **settings)
+    assert torch.equal(got, want) and got.shape[1] == 11
+    return reloaded
