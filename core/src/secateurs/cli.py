@@ -32,6 +32,7 @@ TOML_VALUES = (
     "an unquoted value that is not TOML is taken as a string."
 )
 SET_HELP = "Override any recipe key, dotted; repeatable. " + TOML_VALUES.format(example="calibration.corpus='\"nyt-train\"'")
+RESUME_HELP = "Continue the [recover] distillation from its checkpoint (OUTPUT.recover-checkpoint) after a kill."
 RATES_HELP = "Pruning rates in percent: START:STOP:STEP (inclusive) or a comma list."
 
 
@@ -135,8 +136,9 @@ def cli() -> None:
 @click.option("--device", help="Device to prune on (cpu, cuda, cuda:1...).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@click.option("--resume", is_flag=True, help=RESUME_HELP)
 @quiet_option()
-def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> None:
+def prune(recipe, model, output, sparsity, device, sets, overwrite, resume, quiet) -> None:
     """Prune a model as RECIPE (a TOML file) says."""
     from secateurs.masks import parse_nm
     from secateurs.run import prune as run_prune
@@ -149,17 +151,63 @@ def prune(recipe, model, output, sparsity, device, sets, overwrite, quiet) -> No
             f"--sparsity {sparsity} does not apply: the applier's N:M pattern {pattern} fixes the sparsity "
             f"at {1 - n / m:.0%}; drop --sparsity, or change the pattern (e.g. --set applier.pattern=1:4)"
         )
-    outcome = run_prune(loaded_recipe, overwrite=overwrite, progress=not quiet, reads=[("recipe", recipe)])
+    outcome = run_prune(loaded_recipe, overwrite=overwrite, progress=not quiet, reads=[("recipe", recipe)], resume=resume)
     result = outcome.result
     click.echo(
         f"{_what_was_done(result)} ({result.params_kept:,} of {result.params_total:,} parameters kept) "
         f"in {result.timings['total']:.1f} s"
     )
+    recovered = result.records.get("recover")
+    if recovered is not None:
+        click.echo(f"recovered: {recovered['steps']} steps, {recovered['tokens']:,} tokens in {recovered['seconds']:.1f} s")
     if outcome.before is not None:
         for metric, value in outcome.after.items():
             click.echo(f"{metric}: {outcome.before[metric]:.4g} before, {value:.4g} after")
     if outcome.output is not None:
         click.echo(f"saved to {outcome.output}")
+
+
+@cli.command(epilog=example(
+    "secateurs recover out/smollm2-wanda-50 --teacher smollm2-135m -o out/smollm2-wanda-50-recovered --tokens 50000",
+    "secateurs recover recover.toml --resume",
+))
+@click.argument("source")
+@click.option("--teacher", help="The dense model to distil from (default: the model the folder's report.json names).")
+@click.option("--output", "-o", help="Where the recovered model goes.")
+@click.option("--tokens", type=int, help="Training tokens (the budget; [recover] tokens).")
+@click.option("--device", help="Device to train on (cpu, cuda, cuda:1...).")
+@click.option("--dtype", help="Load both models in this dtype (default: their own; 16-bit students train in float32).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Set a [recover] key, dotted; repeatable. " + TOML_VALUES.format(example="lr=3e-4 --set lora.rank=8"))
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint (OUTPUT.recover-checkpoint) after a kill.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@quiet_option()
+def recover(source, teacher, output, tokens, device, dtype, sets, resume, overwrite, quiet) -> None:
+    """Recover what pruning cost: distil SOURCE (a pruned output folder, or a recovery
+    TOML file with student, teacher, output and [recover]) from its dense teacher, keeping
+    its zeros; docs/recovery.md."""
+    from pathlib import Path
+
+    from secateurs.recipe import parse_overrides
+    from secateurs.recover_run import RecoverJob, load_job, recover_model
+
+    is_file = source.endswith(".toml") and Path(source).expanduser().is_file()
+    job = load_job(source) if is_file else RecoverJob(student=source)
+    sets = parse_overrides(sets) | ({} if tokens is None else {"tokens": tokens})
+    job = job.with_overrides({"teacher": teacher, "output": output, "device": device, "dtype": dtype}, sets)
+    done = recover_model(job, resume=resume, overwrite=overwrite, progress=not quiet,
+                         reads=[("recovery file", source)] if is_file else ())
+    record = done.record
+    evaluation = record["evaluation"]
+    metrics = ""
+    if evaluation is not None:
+        metric = next(iter(evaluation["before"]))
+        metrics = (f"; {metric} {evaluation['before'][metric]:.4g} before, {evaluation['after'][metric]:.4g} after "
+                   f"(teacher {evaluation['teacher'][metric]:.4g})")
+    click.echo(
+        f"recovered {job.student} from {done.teacher}: {record['steps']} steps, {record['tokens']:,} tokens in "
+        f"{record['seconds']:.1f} s ({record['tokens_per_second']:.0f} tokens/s){metrics}; saved to {done.output}"
+    )
 
 
 def _what_was_done(result: Any) -> str:

@@ -58,6 +58,7 @@ import attrs
 from secateurs.errors import SecateursError
 from secateurs.validators import check_sparsity
 from secateurs.protocols import UNSTRUCTURED
+from secateurs.recover_spec import RecoverSpec
 from secateurs.types import HIDDEN, LAYERS
 
 HEADS, NEURONS = "heads", "neurons"
@@ -154,6 +155,11 @@ def _scorers(value: Any) -> dict[str, Part]:
     return {key: _part(f"scorers.{key}", part) for key, part in value.items()}
 
 
+def _recover(value: Any) -> RecoverSpec | None:
+    """``[recover]``: distil the pruned model from the dense one (``secateurs.recover``)."""
+    return value if value is None or isinstance(value, RecoverSpec) else RecoverSpec.from_dict(value)
+
+
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
 
@@ -219,6 +225,7 @@ class Recipe:
     sizes: dict[str, int] | None = attrs.field(default=None, converter=_sizes)  # a sized run (secateurs.shapes)
     target_params: int | None = attrs.field(default=None, converter=parse_count)  # a searched run
     scorers: dict[str, Part] = attrs.field(factory=dict, converter=_scorers)  # each step's scorer
+    recover: RecoverSpec | None = attrs.field(default=None, converter=_recover)  # distil after pruning
 
     def __attrs_post_init__(self) -> None:
         if not self.shaped:
@@ -311,6 +318,8 @@ class Recipe:
                 value = [p.to_dict() for p in value]
             elif field.name == "scorers":
                 value = {k: p.to_dict() for k, p in value.items()} or None
+            elif isinstance(value, RecoverSpec):
+                value = value.to_dict()
             elif isinstance(value, tuple):
                 value = list(value)
             out[field.name] = value
@@ -354,6 +363,12 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a TOML recipe file."""
+    return Recipe.from_dict(read_toml(path))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The table of a TOML file; one ``SecateursError`` when it is missing, unreadable,
+    not UTF-8 or not TOML."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise SecateursError(f"recipe file {file} does not exist")
@@ -368,4 +383,4 @@ def load_recipe(path: str | Path) -> Recipe:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise SecateursError(f"recipe {file} is not valid TOML: {exc}") from None
-    return Recipe.from_dict(data)
+    return data

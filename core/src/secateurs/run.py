@@ -213,8 +213,11 @@ def prune(
     progress: bool = True,
     manager: PluginManager | None = None,
     reads: Reads = (),
+    resume: bool = False,
 ) -> RunOutcome:
     """Run a recipe (object, dict, or TOML path). Writes ``recipe.output`` atomically when set.
+    A ``[recover]`` table distils the pruned model from the dense one before the "after"
+    evaluation and the export (``secateurs.recover``; ``resume``: from its checkpoint).
 
     ``model``: prune this in-memory model (pruned in place) instead of loading
     ``recipe.model``; a module no architecture adapter knows is pruned by the generic
@@ -232,6 +235,9 @@ def prune(
     recipe = as_recipe(recipe)
     _require_model(recipe, model)
     parts = build_parts(recipe, manager, progress=progress, calibration=calibration)
+    from secateurs.recover_run import PruneRecovery  # here: secateurs.recover_run imports this module
+
+    recovery = PruneRecovery.plan(recipe, manager)
     reads = [*recipe.read_paths(), *reads]
     if recipe.output is not None:  # the saved model is as large as the input, at most
         needs = weights_size(recipe.model) if recipe.model is not None else 0
@@ -242,7 +248,10 @@ def prune(
     load_seconds = time.perf_counter() - started
     pruning = _pruning(recipe, parts, loaded, calibration=calibration, progress=progress, manager=manager)
     before = parts.evaluator.evaluate(loaded) if parts.evaluator else None
+    teacher = recovery.keep_teacher(loaded, given=model is not None) if recovery else None
     result = pruning()
+    if recovery:
+        result.records["recover"] = recovery.run(recipe, loaded, result, teacher, manager, resume=resume, progress=progress)
     result.timings["load"] = load_seconds
     result.recipe = recipe.to_dict()
     after = parts.evaluator.evaluate(loaded) if parts.evaluator else None
@@ -254,6 +263,8 @@ def prune(
             for exporter in parts.exporters:
                 exporter.export(loaded, result, tmp)
         output = Path(recipe.output).expanduser().resolve()
+    if recovery:
+        recovery.finished()
     return RunOutcome(result=result, loaded=loaded, output=output, before=before, after=after)
 
 
