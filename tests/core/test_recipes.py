@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from secateurs.plugins import get_manager
 from secateurs.recipe import load_recipe
+from secateurs.recover_run import PruneRecovery
 from secateurs.run import build_parts
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.toml"))
@@ -20,6 +22,7 @@ def test_a_shipped_recipe_passes_every_check_before_loading(path, monkeypatch):
     monkeypatch.setattr("secateurs.run.load_for", lambda *a, **k: pytest.fail("the model was loaded"))
     recipe = load_recipe(path)
     parts = build_parts(recipe, progress=False)
+    PruneRecovery.plan(recipe, get_manager())  # a [recover] table's checks (None without one)
     assert (parts.scorer is not None or parts.step_scorers) and recipe.output  # step_scorers: [sizes] runs
 
 
