@@ -86,3 +86,15 @@ def test_the_command_refuses_in_one_line(tmp_path, tiny_lm_dir, capsys):
     code, _, err = run_cli(["recover", str(tiny_lm_dir), "--teacher", str(tiny_lm_dir)], capsys)
     assert code == 2 and "give -o OUTPUT" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_docs_list_every_key():
+    import re
+    from pathlib import Path
+
+    import attrs
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "recovery.md").read_text()
+    listed = set(re.findall(r"^\| `(\w+)`", doc, flags=re.MULTILINE))
+    listed |= set(re.findall(r"^\| `\w+` / `(\w+)`", doc, flags=re.MULTILINE))
+    assert listed == {f.name for f in attrs.fields(RecoverSpec)} | {"corpus"}
