@@ -204,3 +204,36 @@ def test_a_sized_prune_run_recovers_before_its_after_evaluation(tmp_path, tiny_l
     assert not (tmp_path / "out.recover-checkpoint").exists()
     reloaded = load(str(tmp_path / "out"))
     assert reloaded.model.config.num_hidden_layers == 1 and reloaded.model.config.intermediate_size == 64
+
+
+def test_a_killed_prune_run_resumes_its_recovery(tmp_path, tiny_lm_dir, text_file, capsys, monkeypatch):
+    from secateurs import recover
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f'model = "{tiny_lm_dir}"\noutput = "{tmp_path / "out"}"\nsparsity = 0.5\nscorer = "wanda"\n\n'
+        f'[calibration]\nname = "text"\ncorpus = "{text_file}"\nnsamples = 4\nseqlen = 32\n\n'
+        f'[recover]\ntokens = 320\nseqlen = 32\nbatch_size = 2\ncorpus = "{text_file}"\ncheckpoint_every = 2\neval = false\n'
+    )
+    step = recover._Run.step
+
+    def interrupted_at_3(self, state):
+        loss = step(self, state)
+        if state.step == 3:
+            raise KeyboardInterrupt
+        return loss
+
+    monkeypatch.setattr(recover._Run, "step", interrupted_at_3)
+    code, _, err = run_cli(["prune", str(recipe), "-q"], capsys)
+    assert code == 130 and "nothing was written" in err
+    assert (tmp_path / "out.recover-checkpoint").is_dir() and not (tmp_path / "out").exists()
+    monkeypatch.setattr(recover._Run, "step", step)
+    monkeypatch.setattr("secateurs.run.load_for", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, _, err = run_cli(["prune", str(recipe), "-q"], capsys)
+    assert code == 2 and "a checkpoint of an interrupted recovery is in" in err and "--resume" in err
+    monkeypatch.undo()
+    code, stdout, err = run_cli(["prune", str(recipe), "-q", "--resume"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["records"]["recover"]["resumed_from_step"] == 2 and report["records"]["recover"]["steps"] == 5
+    assert not (tmp_path / "out.recover-checkpoint").exists()

@@ -33,8 +33,8 @@ from secateurs.plugins import PluginManager
 from secateurs.protocols import LoadedModel
 from secateurs.recover_data import (
     TrainState,
+    check_resume,
     eval_part,
-    has_checkpoint,
     load_checkpoint,
     save_checkpoint,
     training_batches,
@@ -271,10 +271,7 @@ def distil(
     map of ``hidden_mse``). ``on_step(step, loss)`` is called after every step."""
     if spec.seed is None:
         raise ValueError("distil needs spec.seed set (RecoverSpec.with_seed)")
-    if not resume and has_checkpoint(checkpoint):
-        raise SecateursError(
-            f"a checkpoint of an interrupted recovery is in {checkpoint}: resume it (--resume) or delete it"
-        )
+    check_resume(checkpoint, resume)
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
     run = _Run(student, teacher, spec, manager, removed)

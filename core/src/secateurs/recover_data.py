@@ -119,8 +119,19 @@ def save_checkpoint(
         )
 
 
-def has_checkpoint(folder: Path | None) -> bool:
+def _has_checkpoint(folder: Path | None) -> bool:
     return folder is not None and (folder / _STATE).is_file() and (folder / _WEIGHTS).is_file()
+
+
+def check_resume(folder: Path | None, resume: bool) -> None:
+    """Refuse, before any work, ``resume`` without a checkpoint in ``folder`` (or without
+    checkpoints at all), and a fresh start over an existing one."""
+    if resume and folder is None:
+        raise SecateursError("--resume needs checkpoints: an output (or [recover] checkpoint_dir) and checkpoint_every > 0")
+    if resume and not _has_checkpoint(folder):
+        raise SecateursError(f"--resume: no recovery checkpoint in {folder}; run without --resume to start one")
+    if not resume and _has_checkpoint(folder):
+        raise SecateursError(f"a checkpoint of an interrupted recovery is in {folder}: resume it (--resume) or delete it")
 
 
 def load_checkpoint(
@@ -128,8 +139,7 @@ def load_checkpoint(
 ) -> TrainState:
     """Restore the run ``folder`` holds into ``model``, ``optimizer`` and ``scheduler`` and
     the RNGs; refused (one line) when it was made with another ``[recover]`` table."""
-    if not has_checkpoint(folder):
-        raise SecateursError(f"--resume: no recovery checkpoint in {folder}; run without --resume to start one")
+    check_resume(folder, True)
     saved = torch.load(folder / _STATE, map_location="cpu", weights_only=True)
     ours = spec.to_dict()
     changed = sorted(k for k in ours.keys() | saved["spec"].keys() if ours.get(k) != saved["spec"].get(k))

@@ -36,7 +36,7 @@ from secateurs.preflight import check_against_model
 from secateurs.protocols import LoadedModel
 from secateurs.recipe import Recipe, read_toml
 from secateurs.recover import distil
-from secateurs.recover_data import checkpoint_folder, eval_part, source_part
+from secateurs.recover_data import check_resume, checkpoint_folder, eval_part, source_part
 from secateurs.recover_spec import RecoverSpec
 from secateurs.types import PruneResult
 
@@ -172,8 +172,7 @@ def recover_model(
     reads = [("student", job.student), *teacher_path, *spec_reads(spec), *reads]
     check_output(job.output, reads=reads, overwrite=overwrite, needs_bytes=weights_size(job.student))
     checkpoint = checkpoint_folder(spec, job.output)
-    if resume and checkpoint is None:
-        raise SecateursError("--resume needs checkpoints: checkpoint_every is 0")
+    check_resume(checkpoint, resume)
     student = load(job.student, device=job.device, dtype=job.dtype, adapter=job.adapter, manager=manager)
     dense = load(teacher, device=job.device, dtype=job.dtype, adapter=job.adapter, manager=manager)
     removed = pruning.get("records", {}).get("layers", {}).get("removed")
@@ -200,17 +199,21 @@ class PruneRecovery:
 
     spec: RecoverSpec
     checkpoint: Path | None
+    resume: bool = False
 
     @classmethod
-    def plan(cls, recipe: Recipe, manager: PluginManager) -> PruneRecovery | None:
-        """``None`` without ``[recover]``; else the step, checked (``check_recover``)."""
+    def plan(cls, recipe: Recipe, manager: PluginManager, *, resume: bool = False) -> PruneRecovery | None:
+        """``None`` without ``[recover]``; else the step, checked (``check_recover``;
+        ``resume``: from the checkpoint beside the output, which must be there)."""
         if recipe.recover is None:
             return None
         if recipe.max_memory is not None:
             raise SecateursError("[recover] trains the whole model in memory; drop max_memory (or [recover])")
         spec = recipe.recover.with_seed(recipe.seed)
         check_recover(spec, manager, recipe.model, recipe.adapter)
-        return cls(spec, checkpoint_folder(spec, recipe.output))
+        checkpoint = checkpoint_folder(spec, recipe.output)
+        check_resume(checkpoint, resume)
+        return cls(spec, checkpoint, resume)
 
     def keep_teacher(self, loaded: LoadedModel, *, given: bool) -> LoadedModel | None:
         """A dense copy of ``loaded`` when it was ``given`` in Python (the teacher is then
@@ -225,7 +228,6 @@ class PruneRecovery:
         teacher: LoadedModel | None,
         manager: PluginManager,
         *,
-        resume: bool = False,
         progress: bool = True,
     ) -> dict[str, Any]:
         """Distil the teacher (``teacher``, else ``recipe.model`` loaded as the student
@@ -233,7 +235,7 @@ class PruneRecovery:
         if teacher is None:
             teacher = load(recipe.model, device=recipe.device, dtype=recipe.dtype, adapter=recipe.adapter, manager=manager)
         removed = result.records.get("layers", {}).get("removed")
-        return distil(loaded, teacher, self.spec, manager, checkpoint=self.checkpoint, resume=resume,
+        return distil(loaded, teacher, self.spec, manager, checkpoint=self.checkpoint, resume=self.resume,
                       progress=progress, removed=removed)
 
     def finished(self) -> None:

@@ -237,7 +237,7 @@ def prune(
     parts = build_parts(recipe, manager, progress=progress, calibration=calibration)
     from secateurs.recover_run import PruneRecovery  # here: secateurs.recover_run imports this module
 
-    recovery = PruneRecovery.plan(recipe, manager)
+    recovery = PruneRecovery.plan(recipe, manager, resume=resume)
     reads = [*recipe.read_paths(), *reads]
     if recipe.output is not None:  # the saved model is as large as the input, at most
         needs = weights_size(recipe.model) if recipe.model is not None else 0
@@ -251,7 +251,7 @@ def prune(
     teacher = recovery.keep_teacher(loaded, given=model is not None) if recovery else None
     result = pruning()
     if recovery:
-        result.records["recover"] = recovery.run(recipe, loaded, result, teacher, manager, resume=resume, progress=progress)
+        result.records["recover"] = recovery.run(recipe, loaded, result, teacher, manager, progress=progress)
     result.timings["load"] = load_seconds
     result.recipe = recipe.to_dict()
     after = parts.evaluator.evaluate(loaded) if parts.evaluator else None
