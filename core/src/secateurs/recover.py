@@ -144,7 +144,7 @@ def _schedule(spec: RecoverSpec) -> Callable[[int], float]:
     return factor
 
 
-def _with_lora(model: nn.Module, spec: RecoverSpec, masks: Mapping[str, torch.Tensor], loaded: LoadedModel) -> Any:
+def _with_lora(model: nn.Module, spec: RecoverSpec, loaded: LoadedModel) -> Any:
     """``model`` with LoRA adapters injected (``peft``); returns the peft wrapper."""
     try:
         import peft
@@ -159,6 +159,20 @@ def _with_lora(model: nn.Module, spec: RecoverSpec, masks: Mapping[str, torch.Te
         return peft.get_peft_model(model, config)
     except ValueError as exc:
         raise SecateursError(f"[recover] lora: {exc}") from None
+
+
+def _checkpointing(model: nn.Module, on: bool) -> None:
+    """Turn transformers' activation (gradient) checkpointing on or off: the newer
+    ``activation_checkpointing_*`` where the model has it, else ``gradient_checkpointing_*``."""
+    for kind, kwargs in (("activation", "activation_checkpointing_kwargs"), ("gradient", "gradient_checkpointing_kwargs")):
+        enable = getattr(model, f"{kind}_checkpointing_enable", None)
+        if enable is not None:
+            if on:
+                enable(**{kwargs: {"use_reentrant": False}})
+            else:
+                getattr(model, f"{kind}_checkpointing_disable")()
+            return
+    raise SecateursError("gradient_checkpointing: this model has no gradient checkpointing (transformers models do); set it to false")
 
 
 class _Run:
@@ -176,13 +190,11 @@ class _Run:
         if self.dtype in (torch.float16, torch.bfloat16):
             model.float()
         teacher.model.eval().requires_grad_(False)
-        self.peft = _with_lora(model, spec, self.masks, student) if spec.lora else None
+        self.peft = _with_lora(model, spec, student) if spec.lora else None
         if self.peft is None:
             model.requires_grad_(True)
         if spec.gradient_checkpointing:
-            if not hasattr(model, "gradient_checkpointing_enable"):
-                raise SecateursError("gradient_checkpointing: this model has no gradient checkpointing (transformers models do)")
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _checkpointing(model, True)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=spec.lr, weight_decay=spec.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(spec))
@@ -240,14 +252,16 @@ class _Run:
             model.train(was_training)
 
     def finish(self) -> None:
-        """Merge LoRA adapters back, re-apply the masks, cast back to the student's dtype."""
+        """Free the gradients, merge LoRA adapters back, re-apply the masks, cast back to the
+        student's dtype."""
         model = self.student.model
+        self.optimizer.zero_grad(set_to_none=True)
         if self.spec.gradient_checkpointing:
-            model.gradient_checkpointing_disable()
+            _checkpointing(model, False)
         if self.peft is not None:
             self.peft.merge_and_unload()
         apply_masks(_masked(model, self.masks))
-        model.to(self.dtype).eval().requires_grad_(False)
+        model.to(self.dtype).eval()
 
 
 def distil(
