@@ -51,8 +51,8 @@ def main() -> None:
     path = results_path(NAME)
     results = json.loads(path.read_text()) if path.exists() else {"budgets": {}}
     if not PRUNED.exists():
-        recipe = load_recipe(ROOT / "recipes" / "smollm2-wanda-50.toml").with_overrides({"output": str(PRUNED)})
-        prune(recipe.to_dict() | {"evaluate": None}, progress=False)
+        recipe = load_recipe(ROOT / "recipes" / "smollm2-wanda-50.toml")
+        prune(recipe.with_overrides({"output": str(PRUNED), "evaluate": None}), progress=False)
     for key, model in (("dense", "smollm2-135m"), ("wanda_50", str(PRUNED))):
         if results.get(key, {}).get("windows") != args.windows:
             results[key] = {"perplexity": perplexity(model, args.windows), "windows": args.windows}
