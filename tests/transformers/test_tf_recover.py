@@ -134,10 +134,11 @@ def test_a_depth_pruned_student_recovers_with_hidden_states_matched(tmp_path, ti
                      recover=table)
     with pytest.raises(SecateursError, match="give \\[recover\\] layer_map"):
         recover_model(job, progress=False)
-    recover_model(attrs_evolve(job, table | {"layer_map": [1], "tokens": 64}), progress=False)
+    recover_model(_with_table(job, table | {"layer_map": [1], "tokens": 64}), progress=False)
 
 
-def attrs_evolve(job, table):
+def _with_table(job, table):
+    """``job`` with another [recover] table."""
     import attrs
 
     return attrs.evolve(job, recover=RecoverSpec.from_dict(table))

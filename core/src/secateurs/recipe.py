@@ -37,6 +37,9 @@ model's sizes (``[sizes]``: config field names) or a parameter budget (``target_
     layers = "skip-loss"
     neurons = "activation"
 
+A ``[recover]`` table distils the pruned model from the dense one right after pruning
+(``secateurs.recover_spec``, docs/recovery.md).
+
 ``dtype`` (default ``"auto"``: the model's own dtype, in memory and on disk) may be
 ``"float32"``, ``"bfloat16"`` or ``"float16"``; text sources take ``seqlen = "max"`` for the
 model's maximum positions. Paths the run reads are ``Recipe.read_paths()``; outputs stay clear

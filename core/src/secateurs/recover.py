@@ -28,7 +28,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from secateurs.errors import SecateursError
-from secateurs.offload import execution_device
 from secateurs.plugins import PluginManager
 from secateurs.protocols import LoadedModel
 from secateurs.recover_data import (

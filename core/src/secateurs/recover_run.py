@@ -20,7 +20,7 @@ import copy
 import json
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +151,12 @@ def recover_model(
     progress: bool = True,
     manager: PluginManager | None = None,
     reads: Reads = (),
-    on_step: Any = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> RecoverOutcome:
     """Run ``job``: check everything, load the student and the teacher, distil, write the
     recovered model and ``report.json`` (the recovery record, and the pruning report the
-    student came with) atomically, then remove the checkpoint folder."""
+    student came with) atomically, then remove the checkpoint folder. ``on_step(step, loss)``
+    is called after every optimizer step."""
     manager = manager or get_manager()
     if job.output is None:
         raise SecateursError("recover needs an output folder: give -o OUTPUT (or output = \"...\" in the recovery file)")
