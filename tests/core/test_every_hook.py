@@ -145,7 +145,7 @@ class ExplainingMLPAdapter(MLPStackAdapter):
         columns = [ParamSlice(m, "weight", 1) for m in (*linears[1:], model.head)]
         return Group("hidden", "hidden", model.width, (*rows, *columns))
 
-    def remove_hidden(self, model: nn.Module, keep: torch.Tensor) -> None:
+    def remove_hidden(self, model: nn.Module, keep: torch.Tensor, calibration=None) -> None:
         remove_components([(self.hidden_group(model), keep)])
         model.width = int(keep.sum())
 

@@ -185,3 +185,36 @@ def test_the_cli_narrows_the_hidden_width_and_says_so(tiny_lm_dir, text_file, tm
     assert code == 0, err
     assert out.startswith("narrowed the hidden width from 64 to 48 (")
     assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.hidden_size == 48
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_with_calibration_each_norm_gain_follows_the_removed_share_of_its_input_energy(family):
+    dense = tiny_model(family)
+    batches = token_batches(SEQLEN)
+    residual = width.resolve(dense, width.layout_of(dense))
+    energy = {id(n): torch.zeros(32, dtype=torch.float64) for n in residual.norms}
+
+    def measure(module: nn.Module, args: tuple) -> None:
+        energy[id(module)].add_(args[0].double().reshape(-1, 32).pow(2).sum(0))
+
+    hooks = [n.register_forward_pre_hook(measure) for n in residual.norms]
+    with torch.no_grad():
+        for b in batches:
+            dense(**b, use_cache=False)
+    for h in hooks:
+        h.remove()
+    lm = loaded(copy.deepcopy(dense), family)
+    result = prune_model(lm, hidden_spec("activation", calibration=batches))
+    assert result.records["hidden"]["calibrated"]
+    keep = torch.ones(32, dtype=torch.bool)
+    keep[result.records["hidden"]["removed"]] = False
+    narrow = width.resolve(lm.model, width.layout_of(lm.model))
+    offset = residual.layout.norm_offset
+    tied_final = residual.layout.embedding_scale and residual.lm_head is None
+    for i, (before, after) in enumerate(zip(residual.norms, narrow.norms, strict=True)):
+        e = energy[id(before)]
+        gain = ((1 - float(e[~keep].sum() / e.sum())) * 32 / 24) ** 0.5
+        if tied_final and i == len(residual.norms) - 1:
+            gain /= (32 / 24) ** 0.5  # Gemma's embedding scale, divided out for the tied head
+        want = (1 + before.weight[keep]) * gain - 1 if offset else before.weight[keep] * gain
+        torch.testing.assert_close(after.weight, want.float(), rtol=1e-5, atol=1e-6)

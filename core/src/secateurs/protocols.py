@@ -386,16 +386,18 @@ class WidthPruning(Protocol):
     the channel identically zero through the whole model. ``hidden_refusal(model, width)``
     says why a model cannot be narrowed at all (``width=None``) or to ``width`` channels (a
     width its format cannot save), ``None`` when it can; runs ask it before any work.
-    ``remove_hidden(model, keep)`` removes the channels not in ``keep`` (bool ``[size]``) and
-    updates what depends on the width (module sizes, the config, norm and embedding scales),
-    so that the smaller model computes what the zeroed one does (up to each norm's epsilon)
-    and its saved folder reloads as an ordinary smaller model."""
+    ``remove_hidden(model, keep, calibration)`` removes the channels not in ``keep`` (bool
+    ``[size]``) and updates what depends on the width (module sizes, the config, norm and
+    embedding scales) so that its saved folder reloads as an ordinary smaller model. Without
+    ``calibration`` (``None``) the smaller model computes what the zeroed one does (up to each
+    norm's epsilon); with the run's calibration batches the adapter may calibrate what
+    removal changes (the decoder adapter: norm gains) and says how in its docs."""
 
     def hidden_refusal(self, model: nn.Module, width: int | None) -> str | None: ...
 
     def hidden_group(self, model: nn.Module) -> Group: ...
 
-    def remove_hidden(self, model: nn.Module, keep: torch.Tensor) -> None: ...
+    def remove_hidden(self, model: nn.Module, keep: torch.Tensor, calibration: Sequence[Any] | None) -> None: ...
 
 
 @runtime_checkable

@@ -152,12 +152,13 @@ def prune_hidden(loaded: LoadedModel, spec: PruneSpec) -> PruneResult:
         )
     scored = time.perf_counter()
     keep = kept_channels(scores, count)
-    loaded.adapter.remove_hidden(model, keep)
+    loaded.adapter.remove_hidden(model, keep, spec.calibration or None)
     params_after = sum(p.numel() for p in model.parameters())
     records = merged_records(spec.allocator, scorer)
     records[HIDDEN] = {
         "size_before": group.size,
         "size_after": group.size - count,
+        "calibrated": bool(spec.calibration),
         "removed": (~keep).nonzero().view(-1).tolist(),
         "params_before": params_before,
         "params_after": params_after,

@@ -337,9 +337,10 @@ class DecoderAdapter:
         """The hidden channels as one group (``WidthPruning``; ``secateurs_transformers.width``)."""
         return residual.hidden_group(model)
 
-    def remove_hidden(self, model: nn.Module, keep: torch.Tensor) -> None:
-        """Remove the hidden channels not in ``keep`` (``WidthPruning``)."""
-        residual.remove_hidden(model, keep)
+    def remove_hidden(self, model: nn.Module, keep: torch.Tensor, calibration: Sequence[Any] | None = None) -> None:
+        """Remove the hidden channels not in ``keep`` (``WidthPruning``; norm gains
+        calibrated on ``calibration`` when given: ``residual.removed_shares``)."""
+        residual.remove_hidden(model, keep, calibration)
 
     def forward(self, model: nn.Module, batch: Any) -> Any:
         input_ids = batch["input_ids"].to(model_device(model))
