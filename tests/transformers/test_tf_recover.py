@@ -51,9 +51,11 @@ def test_distillation_loss_falls_on_a_wanda_student(tiny_lm_dir, text_file):
     assert {"teacher", "before", "after"} <= evaluation.keys() and evaluation["after"]["perplexity"] > 1
 
 
-def test_the_zeros_stay_exactly_where_pruning_put_them(tiny_lm_dir, text_file):
+@pytest.mark.parametrize("pattern", [None, "2:4"])
+def test_the_zeros_stay_exactly_where_pruning_put_them(tiny_lm_dir, text_file, pattern):
     manager = get_manager()
-    student = prune(_wanda(tiny_lm_dir, text_file), progress=False).loaded
+    applier = {"applier": {"name": "zero", "pattern": pattern}} if pattern else {}
+    student = prune(_wanda(tiny_lm_dir, text_file, **applier), progress=False).loaded
     before = {name: mask.clone() for name, mask in unit_masks(student).items()}
     weights = {k: v.clone() for k, v in student.model.state_dict().items()}
     teacher = load(str(tiny_lm_dir))
@@ -65,6 +67,8 @@ def test_the_zeros_stay_exactly_where_pruning_put_them(tiny_lm_dir, text_file):
     for name, mask in before.items():
         assert torch.equal(mask, after[name]), name
         assert 0.4 < 1 - mask.float().mean() < 0.6
+        if pattern:  # 2:4: every group of 4 keeps 2
+            assert (mask.reshape(-1, 4).sum(dim=1) == 2).all()
     changed = [k for k, v in student.model.state_dict().items() if not torch.equal(v, weights[k])]
     assert any(name in changed for name in before)  # it trained
 
