@@ -28,3 +28,13 @@ def test_a_shipped_recipe_passes_every_check_before_loading(path, monkeypatch):
 
 def test_recipes_are_found():
     assert len(RECIPES) >= 3
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_a_recipe_survives_its_own_dict(path):
+    """What a report records (``Recipe.to_dict``) builds the same recipe again: exporters and
+    commands that re-read ``result.recipe`` (KEN's delta) depend on it."""
+    from secateurs.recipe import Recipe
+
+    recipe = load_recipe(path)
+    assert Recipe.from_dict(recipe.to_dict()) == recipe

@@ -150,6 +150,8 @@ def _sizes(value: Any) -> dict[str, int] | None:
 
 
 def _scorers(value: Any) -> dict[str, Part]:
+    if value is None:  # what ``to_dict`` writes for none
+        return {}
     if not isinstance(value, Mapping):
         raise SecateursError('recipe key \'scorers\' must be a table keyed by granularity (e.g. layers = "skip-loss")')
     for key in value:
