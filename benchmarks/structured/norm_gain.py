@@ -45,7 +45,7 @@ def narrowed_perplexity(model: str, keep: int, gains: str) -> float:
     remove = width.remove_hidden
     scale = width._scale_norm
     if gains != "calibrated":  # the library's removal without calibration batches
-        width.remove_hidden = lambda m, k, calibration=None: remove(m, k)
+        width.remove_hidden = lambda m, k, *_calibration: remove(m, k)
     if gains == "unchanged":  # no gain above 1: only Gemma's embedding-scale compensation
         width._scale_norm = lambda norm, factor, offset: scale(norm, factor, offset) if factor < 1 else None
     try:

@@ -74,18 +74,23 @@ def channels_to_remove(sparsity: float, size: int, source: str = "the model") ->
     return count
 
 
-def readers(block: Block, group: Group) -> list[tuple[int, Unit]]:
-    """``(stage, unit)`` of the block's units whose input features are the hidden channels
-    (a slice of ``group`` along their weight's input dimension); units of no stage get -1."""
-    reading = {id(s.module) for s in group.slices if s.param == "weight" and s.dim == 1 and s.start == 0}
+def readers(block: Block, reading: set[int]) -> list[tuple[int, Unit]]:
+    """``(stage, unit)`` of the block's units whose module is in ``reading`` (``reading_modules``);
+    units of no stage get -1."""
     stage_of = {name: i for i, stage in enumerate(block.stages) for name in stage}
     return [(stage_of.get(u.name, -1), u) for u in block.units if id(u.module) in reading and not u.transposed]
 
 
+def reading_modules(group: Group) -> set[int]:
+    """Ids of the modules whose whole input dimension is the hidden channels (``group``'s
+    slices along a weight's dim 1): the residual readers."""
+    return {id(s.module) for s in group.slices if s.param == "weight" and s.dim == 1 and s.start == 0}
+
+
 @contextmanager
-def _watching(block: Block, group: Group, into: list[dict[str, InputStats]]) -> Iterator[None]:
-    """Collect the input statistics of ``block``'s residual readers into ``into``."""
-    with collect_stats([u for _, u in readers(block, group)], hessian=False) as col:
+def _watching(units: list[tuple[int, Unit]], into: list[dict[str, InputStats]]) -> Iterator[None]:
+    """Collect the input statistics of ``units`` into ``into``."""
+    with collect_stats([u for _, u in units], hessian=False) as col:
         yield
     into.append(col.stats)
 
@@ -98,15 +103,17 @@ def residual_stats(loaded: LoadedModel, spec: PruneSpec, group: Group, blocks: S
     per-token mean of ``x_i²``; readers of one stage that saw different tokens (experts)
     are averaged. ``nsamples = ntokens = 1``: the values are per-token means already.
     """
+    reading = reading_modules(group)
+    units = {b.name: readers(b, reading) for b in blocks}
     total = torch.zeros(group.size, dtype=torch.float32)
     seen: list[dict[str, InputStats]] = []
     for block, _, _ in dense_pass(
         loaded, blocks, spec.calibration, desc="measuring the residual stream", progress=spec.progress,
-        around=lambda b: _watching(b, group, seen),
+        around=lambda b: _watching(units[b.name], seen),
     ):
         stats = seen.pop()
         by_stage: dict[int, list[torch.Tensor]] = {}
-        for stage, unit in readers(block, group):
+        for stage, unit in units[block.name]:
             s = stats.get(unit.name)
             if s is not None and s.ntokens:
                 by_stage.setdefault(stage, []).append(s.sq_norm.float().cpu() * s.nsamples / s.ntokens)

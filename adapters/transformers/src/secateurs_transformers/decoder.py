@@ -340,7 +340,7 @@ class DecoderAdapter:
     def remove_hidden(self, model: nn.Module, keep: torch.Tensor, calibration: Sequence[Any] | None = None) -> None:
         """Remove the hidden channels not in ``keep`` (``WidthPruning``; norm gains
         calibrated on ``calibration`` when given: ``residual.removed_shares``)."""
-        residual.remove_hidden(model, keep, calibration)
+        residual.remove_hidden(model, keep, calibration, self.forward)
 
     def forward(self, model: nn.Module, batch: Any) -> Any:
         input_ids = batch["input_ids"].to(model_device(model))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -177,16 +177,26 @@ def hidden_group(model: nn.Module) -> Group:
     return Group(HIDDEN, HIDDEN, residual.width, tuple(slices))
 
 
-def remove_hidden(model: nn.Module, keep: torch.Tensor, calibration: Sequence[Any] | None = None) -> None:
+def remove_hidden(
+    model: nn.Module,
+    keep: torch.Tensor,
+    calibration: Sequence[Any] | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+) -> None:
     """Remove the hidden channels not in ``keep`` (bool ``[hidden_size]``). Without
-    ``calibration`` the model stays equal to its zeroed self (module docstring); with it,
-    each norm's gain is calibrated instead (``removed_shares``)."""
+    ``calibration`` the model stays equal to its zeroed self (module docstring); with it
+    (run by the adapter's ``forward``), each norm's gain is calibrated instead
+    (``removed_shares``)."""
     register_size_syncs()
     residual = resolve(model, layout_of(model))
     head_dim = _head_dim(model)
     tied_head = model.get_output_embeddings() if residual.lm_head is None else None
     old, new = residual.width, int(keep.sum())
-    shares = removed_shares(model, residual.norms, keep, calibration) if calibration else [0.0] * len(residual.norms)
+    shares = [0.0] * len(residual.norms)
+    if calibration:
+        if forward is None:
+            raise ValueError("remove_hidden: calibration needs the adapter's forward")
+        shares = removed_shares(model, residual.norms, keep, calibration, forward)
     remove_components([(hidden_group(model), keep)])
     ratio = math.sqrt(old / new)
     with torch.no_grad():
@@ -207,11 +217,15 @@ def remove_hidden(model: nn.Module, keep: torch.Tensor, calibration: Sequence[An
 
 
 def removed_shares(
-    model: nn.Module, norms: Sequence[nn.Module], keep: torch.Tensor, calibration: Sequence[Any]
+    model: nn.Module,
+    norms: Sequence[nn.Module],
+    keep: torch.Tensor,
+    calibration: Sequence[Any],
+    forward: Callable[[nn.Module, Any], Any],
 ) -> list[float]:
     """For each norm, the share of its input's energy (``Σ x²`` over the calibration tokens)
-    that lies in the channels not in ``keep``, measured on the dense model (one forward of
-    every calibration batch).
+    that lies in the channels not in ``keep``, measured on the dense model (one ``forward``
+    of every calibration batch: the adapter's).
 
     A norm over the ``d'`` kept channels of an input whose removed channels held a share
     ``f`` of its energy divides by ``sqrt((1 - f) d / d')`` times the dense root mean square;
@@ -225,11 +239,10 @@ def removed_shares(
         energy[id(module)] += args[0].detach().double().reshape(-1, width).pow(2).sum(0).cpu()
 
     hooks = [n.register_forward_pre_hook(measure) for n in norms]
-    device = next(model.parameters()).device
     try:
         with torch.no_grad():
             for batch in calibration:
-                model(input_ids=batch["input_ids"].to(device), use_cache=False)
+                forward(model, batch)
     finally:
         for hook in hooks:
             hook.remove()
